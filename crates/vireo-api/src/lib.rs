@@ -1,0 +1,1 @@
+//! vireo-api (being built).

@@ -1,0 +1,1 @@
+//! vireo-client (being built).

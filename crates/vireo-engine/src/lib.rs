@@ -1,0 +1,1 @@
+//! vireo-engine (being built).

@@ -1,0 +1,1 @@
+//! vireo-image (being built).

@@ -1,0 +1,1 @@
+//! vireo-qemu (being built).

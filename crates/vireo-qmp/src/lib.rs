@@ -1,0 +1,1 @@
+//! vireo-qmp (being built).

@@ -1,0 +1,1 @@
+//! vireo-store (being built).

@@ -1,0 +1,1 @@
+//! vireo-testkit (being built).

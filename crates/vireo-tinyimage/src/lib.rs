@@ -1,0 +1,1 @@
+//! vireo-tinyimage (being built).
