@@ -1,0 +1,1 @@
+//! ova (being built).

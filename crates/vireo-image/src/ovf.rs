@@ -1,0 +1,1 @@
+//! ovf (being built).

@@ -1,0 +1,1 @@
+//! vhdx (being built).

@@ -1,0 +1,1 @@
+//! vmdk (being built).
