@@ -1,0 +1,44 @@
+//! Images: bootable artefacts VMs are created from.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use vireo_types::{Firmware, Name};
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ImageContent {
+    /// Direct kernel boot: kernel + initramfs (+ an empty data disk per VM).
+    Kernel {
+        kernel_version: String,
+        cmdline: String,
+        /// Line the guest prints on its serial console when ready.
+        ready_marker: Option<String>,
+        default_data_disk_mib: u64,
+    },
+    /// A bootable disk that VMs get a copy-on-write overlay of.
+    Disk { firmware: Firmware, virtual_size_bytes: u64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImageInfo {
+    pub name: Name,
+    pub uuid: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub content: ImageContent,
+    /// Bytes the image's files use on the host.
+    pub size_bytes: u64,
+    /// Where it came from, e.g. `build:tiny`.
+    pub source: String,
+}
+
+/// `POST /v1/images/build`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildImageRequest {
+    /// Builder to run; `tiny` is the built-in minimal guest.
+    pub builder: Name,
+    /// Name to register the image under (default: the builder's name).
+    #[serde(default)]
+    pub name: Option<Name>,
+}

@@ -1,0 +1,156 @@
+//! VM bodies.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use vireo_types::{DiskFormat, Firmware, MacAddr, Name, VmSpec, VmState};
+
+/// Built-in network name: QEMU user-mode NAT private to the VM (no host set-up needed).
+pub const USER_NETWORK: &str = "user";
+
+/// `POST /v1/vms`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVmRequest {
+    pub name: Name,
+    /// Image to create the VM from (e.g. `tiny`).
+    pub image: Name,
+    /// Default 1.
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    /// Default 256.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Size of the VM's data disk in MiB (kernel images) or root disk (disk images); default
+    /// from the image.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
+    /// Networks to attach one NIC each to; default `["user"]`. `[]` gives no NIC.
+    #[serde(default)]
+    pub networks: Option<Vec<Name>>,
+    /// Firmware for disk images; default from the image.
+    #[serde(default)]
+    pub firmware: Option<Firmware>,
+    /// Extra kernel command-line arguments (kernel images only).
+    #[serde(default)]
+    pub kernel_args: Option<String>,
+    /// Start the VM once created.
+    #[serde(default)]
+    pub start: bool,
+}
+
+/// A disk as shown by the API.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DiskInfo {
+    pub name: Name,
+    pub format: DiskFormat,
+    pub virtual_size_bytes: u64,
+    pub read_only: bool,
+    pub boot_index: Option<u32>,
+}
+
+/// A NIC as shown by the API.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NicInfo {
+    pub name: Name,
+    pub mac: MacAddr,
+    pub network: String,
+    /// Addresses reported by the guest agent, when it runs.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+/// What the guest agent reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GuestInfo {
+    pub agent_version: Option<String>,
+    pub hostname: Option<String>,
+    pub os_name: Option<String>,
+    pub os_version: Option<String>,
+    pub kernel_release: Option<String>,
+}
+
+/// `GET /v1/vms/{name}`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VmInfo {
+    pub name: Name,
+    pub uuid: Uuid,
+    pub project: Name,
+    pub state: VmState,
+    /// The guest agent answers pings.
+    pub guest_ready: bool,
+    /// Host the VM is placed on.
+    pub node: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub image: Option<Name>,
+    pub created_at: DateTime<Utc>,
+    /// QEMU process id while the VM has one.
+    pub pid: Option<u32>,
+    /// Accelerator the running QEMU uses (`kvm` or `tcg`).
+    pub accel: Option<String>,
+    pub disks: Vec<DiskInfo>,
+    pub nics: Vec<NicInfo>,
+    pub guest: Option<GuestInfo>,
+    /// The full QEMU-level specification.
+    pub spec: VmSpec,
+    /// Store revision of the VM record; send it back as `If-Match` to update.
+    pub revision: u64,
+}
+
+/// `POST /v1/vms/{name}/stop`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopRequest {
+    /// Skip the graceful shutdown and terminate QEMU at once.
+    #[serde(default)]
+    pub force: bool,
+    /// Seconds to wait for a graceful shutdown before forcing; default 30, at most 3600.
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+}
+
+/// `PATCH /v1/vms/{name}` (stopped VMs; send `If-Match: <revision>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVmRequest {
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+}
+
+/// `POST /v1/vms/{name}/exec`: run a command in the guest through qemu-guest-agent.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Program and arguments; the program is looked up in the guest's PATH.
+    pub command: Vec<String>,
+    /// Standard input, base64.
+    #[serde(default)]
+    pub stdin_base64: Option<String>,
+    /// Seconds to wait for the command; default 60, at most 3600.
+    #[serde(default)]
+    pub timeout_s: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    /// Set when the command was killed by a signal.
+    pub signal: Option<i32>,
+    pub stdout_base64: String,
+    pub stderr_base64: String,
+    /// The agent truncated the output (it keeps a bounded amount).
+    pub truncated: bool,
+}
+
+/// Console websocket query.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConsoleQuery {
+    pub project: Option<Name>,
+    /// Bytes of recent console output to replay on connect (default 4096, at most 65536).
+    pub history: Option<u32>,
+}
