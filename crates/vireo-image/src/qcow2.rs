@@ -1,1 +1,0 @@
-//! qcow2 (being built).

@@ -1,1 +1,0 @@
-//! vmdk (being built).
