@@ -1,0 +1,178 @@
+//! The HTTP layer: parses requests, calls the engine, maps errors. No business logic here.
+//!
+//! Invariants: every body and query is decoded with unknown fields rejected and errors mapped
+//! to the API's single error shape; internal error detail is logged, never sent.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+use vireo_api::{ErrorBody, ErrorCode};
+use vireo_engine::{Engine, EngineError};
+
+pub mod misc;
+pub mod vms;
+pub mod ws;
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub host: Arc<crate::host::HostFacts>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Who made the request (set by the listener's middleware).
+#[derive(Debug, Clone)]
+pub struct Requestor(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Requestor {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts.extensions.get::<Requestor>().cloned().unwrap_or(Requestor("unknown".into())))
+    }
+}
+
+/// An API error response.
+#[derive(Debug)]
+pub struct ApiError(pub ErrorBody);
+
+impl ApiError {
+    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        ApiError(ErrorBody::new(code, msg))
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let code = e.code();
+        if code == ErrorCode::Internal {
+            tracing::error!(error = %vireo_engine::error::chain(&e), "internal error");
+        }
+        let mut body = ErrorBody::new(code, e.to_string());
+        if let Some(f) = e.field() {
+            body = body.with_field(f);
+        }
+        ApiError(body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.0)).into_response()
+    }
+}
+
+/// JSON body extractor whose rejections use the API error shape.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(r) => Err(json_rejection(r)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    let (code, msg) = match &r {
+        JsonRejection::MissingJsonContentType(_) => (ErrorCode::InvalidRequest, "request body must be JSON (Content-Type: application/json)".to_string()),
+        JsonRejection::JsonSyntaxError(_) => (ErrorCode::InvalidRequest, format!("malformed JSON: {}", r.body_text())),
+        JsonRejection::JsonDataError(_) => (ErrorCode::InvalidRequest, format!("invalid request body: {}", r.body_text())),
+        _ => (ErrorCode::InvalidRequest, r.body_text()),
+    };
+    ApiError::new(code, msg)
+}
+
+/// Query-string extractor whose rejections use the API error shape.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(r) => Err(query_rejection(r)),
+        }
+    }
+}
+
+fn query_rejection(r: QueryRejection) -> ApiError {
+    ApiError::new(ErrorCode::InvalidRequest, format!("invalid query string: {}", r.body_text()))
+}
+
+/// Validated path parameter `{name}`.
+pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
+    vireo_types::Name::new(s).map_err(|e| {
+        ApiError(ErrorBody::new(ErrorCode::InvalidRequest, format!("invalid {what} name {s:?}: {e}")).with_field("name"))
+    })
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Vireo API", description = "Vireo virtualization platform REST API", license(name = "Apache-2.0")),
+    paths(
+        vms::list_vms, vms::create_vm, vms::get_vm, vms::update_vm, vms::delete_vm,
+        vms::start_vm, vms::stop_vm, vms::restart_vm, vms::pause_vm, vms::resume_vm, vms::kill_vm,
+        vms::exec_vm, vms::console_log, ws::console, ws::events,
+        misc::list_operations, misc::get_operation, misc::wait_operation, misc::cancel_operation,
+        misc::list_images, misc::get_image, misc::build_image, misc::delete_image,
+        misc::host, misc::list_projects, misc::create_project, misc::delete_project,
+        misc::list_tokens, misc::create_token, misc::revoke_token, misc::openapi_json, misc::metrics,
+    ),
+    components(schemas(ErrorBody, vireo_api::events::Event)),
+    tags((name = "vms"), (name = "operations"), (name = "images"), (name = "host"), (name = "projects"), (name = "tokens"))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document, as committed in `openapi/vireo.json`.
+pub fn openapi_json() -> String {
+    let mut s = ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    s.push('\n');
+    s
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/vms", get(vms::list_vms).post(vms::create_vm))
+        .route("/v1/vms/{name}", get(vms::get_vm).patch(vms::update_vm).delete(vms::delete_vm))
+        .route("/v1/vms/{name}/start", post(vms::start_vm))
+        .route("/v1/vms/{name}/stop", post(vms::stop_vm))
+        .route("/v1/vms/{name}/restart", post(vms::restart_vm))
+        .route("/v1/vms/{name}/pause", post(vms::pause_vm))
+        .route("/v1/vms/{name}/resume", post(vms::resume_vm))
+        .route("/v1/vms/{name}/kill", post(vms::kill_vm))
+        .route("/v1/vms/{name}/exec", post(vms::exec_vm))
+        .route("/v1/vms/{name}/console", get(ws::console))
+        .route("/v1/vms/{name}/console-log", get(vms::console_log))
+        .route("/v1/events", get(ws::events))
+        .route("/v1/operations", get(misc::list_operations))
+        .route("/v1/operations/{id}", get(misc::get_operation).delete(misc::cancel_operation))
+        .route("/v1/operations/{id}/wait", get(misc::wait_operation))
+        .route("/v1/images", get(misc::list_images))
+        .route("/v1/images/build", post(misc::build_image))
+        .route("/v1/images/{name}", get(misc::get_image).delete(misc::delete_image))
+        .route("/v1/host", get(misc::host))
+        .route("/v1/projects", get(misc::list_projects).post(misc::create_project))
+        .route("/v1/projects/{name}", axum::routing::delete(misc::delete_project))
+        .route("/v1/tokens", get(misc::list_tokens).post(misc::create_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(misc::revoke_token))
+        .route("/v1/openapi.json", get(misc::openapi_json))
+        .route("/metrics", get(misc::metrics))
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
+        .with_state(state)
+}
