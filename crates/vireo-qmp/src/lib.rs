@@ -1,1 +1,27 @@
-//! vireo-qmp (being built).
+//! Async clients for QEMU's two JSON control channels, used by the Vireo engine:
+//!
+//! - [`QmpClient`]: the QEMU Machine Protocol monitor (lifecycle commands, events, EOF as the
+//!   signal that QEMU went away);
+//! - [`GuestAgent`]: qemu-guest-agent inside the guest, reached through the host end of its
+//!   virtio-serial chardev socket (readiness, exec, shutdown, guest information).
+//!
+//! [`fake`] holds test doubles that speak the real protocols over unix sockets (enabled for
+//! other crates with the `testing` feature).
+//!
+//! Invariants: every read from either channel is bounded in size (see [`framing`]); every
+//! request has a timeout; no call can be confused by replies meant for another request.
+
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
+pub mod framing;
+pub mod ga;
+pub mod qmp;
+
+pub use ga::{
+    ExecRequest, ExecStatus, GuestAgent, GuestAgentError, GuestInfo, GuestIpAddress,
+    GuestIpAddressType, GuestNetworkInterface, GuestOsInfo, ShutdownMode,
+};
+pub use qmp::{
+    Greeting, QemuVersion, QmpClient, QmpError, QmpEvent, QmpOptions, QmpTimestamp, RunState,
+    StatusInfo, VersionTriple,
+};
