@@ -29,6 +29,24 @@ impl Format {
             Format::Vhdx => "vhdx",
         }
     }
+
+    /// Parses a format name as qemu spells it ("vpc" for VHD; "vhd" is accepted too).
+    pub fn from_qemu_name(name: &str) -> Option<Format> {
+        match name {
+            "raw" => Some(Format::Raw),
+            "qcow2" => Some(Format::Qcow2),
+            "vmdk" => Some(Format::Vmdk),
+            "vpc" | "vhd" => Some(Format::Vhd),
+            "vhdx" => Some(Format::Vhdx),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a guest range holds.
@@ -112,7 +130,9 @@ impl PathPolicy {
         if allowed {
             Ok(canon)
         } else {
-            Err(ImageError::PathNotAllowed { reference: reference.to_string() })
+            Err(ImageError::PathNotAllowed {
+                reference: reference.to_string(),
+            })
         }
     }
 }
@@ -141,4 +161,33 @@ pub trait BlockSink: Send {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), ImageError>;
     /// Flushes metadata and makes the image consistent.
     fn finish(self: Box<Self>) -> Result<(), ImageError>;
+
+    /// Preferred write granularity in bytes (a power of two): converters skip all-zero units of
+    /// this size and hand the sink whole units where they can. Default: 4 KiB.
+    fn unit_size(&self) -> u64 {
+        4096
+    }
+
+    /// For sinks that store units encoded (e.g. compressed clusters): an encoder that
+    /// converters may run on worker threads. Default: none, units are written with `write_at`.
+    fn unit_encoder(&self) -> Option<std::sync::Arc<dyn UnitEncoder>> {
+        None
+    }
+
+    /// Stores one unit (starting at the unit-aligned guest `offset`) that
+    /// [`UnitEncoder::encode`] produced. Only called when [`BlockSink::unit_encoder`] returned
+    /// an encoder; other sinks reject it.
+    fn write_encoded(&mut self, offset: u64, encoded: Vec<u8>) -> Result<(), ImageError> {
+        let _ = encoded;
+        Err(ImageError::InvalidArgument(format!(
+            "encoded unit at offset {offset} given to a sink without an encoder"
+        )))
+    }
+}
+
+/// Encodes whole units for a sink off the writer thread (see [`BlockSink::unit_encoder`]).
+pub trait UnitEncoder: Send + Sync + std::fmt::Debug {
+    /// Encodes one unit (`unit.len()` is the unit size, or less for the last unit of the
+    /// disk). `None` means "store it plainly with `write_at`" (e.g. incompressible data).
+    fn encode(&self, unit: &[u8]) -> Result<Option<Vec<u8>>, ImageError>;
 }

@@ -11,11 +11,21 @@ pub enum ImageError {
         source: std::io::Error,
     },
     #[error("{format} image is corrupt: {detail}")]
-    Corrupt { format: &'static str, detail: String },
+    Corrupt {
+        format: &'static str,
+        detail: String,
+    },
     #[error("{format} feature not supported: {detail}")]
-    Unsupported { format: &'static str, detail: String },
+    Unsupported {
+        format: &'static str,
+        detail: String,
+    },
     #[error("{what} of {requested} bytes exceeds the limit of {limit} bytes")]
-    LimitExceeded { what: &'static str, requested: u64, limit: u64 },
+    LimitExceeded {
+        what: &'static str,
+        requested: u64,
+        limit: u64,
+    },
     #[error("referenced file {reference:?} is outside the allowed directories")]
     PathNotAllowed { reference: String },
     #[error("backing chain is longer than {0} images or loops")]
@@ -33,6 +43,9 @@ pub enum ImageError {
 impl ImageError {
     /// Wraps an I/O error with a description of what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        ImageError::Io { context: context.into(), source }
+        ImageError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }

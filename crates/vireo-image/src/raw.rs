@@ -1,1 +1,291 @@
-//! raw (being built).
+//! Raw images: the file is the disk.
+//!
+//! Invariants:
+//! - [`RawImage`] reports holes (`SEEK_HOLE`/`SEEK_DATA`) as [`ExtentKind::Zero`] extents, so
+//!   converters skip them; where the filesystem cannot tell, everything is data;
+//! - [`RawSink`] never writes all-zero [`RAW_UNIT`]s into ranges it has not written before:
+//!   they stay holes, and the final `ftruncate` sets the size, so sparse output costs no space.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::device::{BlockSink, BlockSource, Extent, ExtentKind, Format};
+use crate::error::ImageError;
+
+/// Hole granularity of the raw writer.
+pub const RAW_UNIT: u64 = 4096;
+
+/// A raw image opened for reading.
+#[derive(Debug)]
+pub struct RawImage {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl RawImage {
+    pub fn open(path: &Path) -> Result<RawImage, ImageError> {
+        let file = File::open(path)
+            .map_err(|e| ImageError::io(format!("opening {}", path.display()), e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| ImageError::io(format!("reading metadata of {}", path.display()), e))?
+            .len();
+        Ok(RawImage {
+            path: path.to_path_buf(),
+            file,
+            size,
+        })
+    }
+
+    /// `lseek(fd, offset, whence)`; `Ok(None)` when there is no such region before EOF.
+    fn seek(&self, offset: u64, whence: libc::c_int) -> Result<Option<u64>, std::io::Error> {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: lseek on a valid, owned descriptor has no memory-safety preconditions.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off, whence) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        Ok(Some(r as u64))
+    }
+}
+
+impl BlockSource for RawImage {
+    fn format(&self) -> Format {
+        Format::Raw
+    }
+
+    fn virtual_size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
+        let len = buf.len() as u64;
+        if offset.checked_add(len).is_none_or(|e| e > self.size) {
+            return Err(ImageError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            });
+        }
+        crate::qcow2::pread_fill(&self.file, buf, offset, &self.path)
+    }
+
+    fn extent_at(&self, offset: u64) -> Result<Extent, ImageError> {
+        if offset >= self.size {
+            return Err(ImageError::OutOfRange {
+                offset,
+                len: 1,
+                size: self.size,
+            });
+        }
+        let whole = Extent {
+            offset,
+            length: self.size - offset,
+            kind: ExtentKind::Data,
+        };
+        let data = match self.seek(offset, libc::SEEK_DATA) {
+            Ok(d) => d,
+            // Filesystems without hole reporting: everything is data.
+            Err(_) => return Ok(whole),
+        };
+        let end_of = |e: u64| e.min(self.size);
+        match data {
+            None => Ok(Extent {
+                offset,
+                length: self.size - offset,
+                kind: ExtentKind::Zero,
+            }),
+            Some(d) if d > offset => Ok(Extent {
+                offset,
+                length: end_of(d) - offset,
+                kind: ExtentKind::Zero,
+            }),
+            Some(_) => {
+                let hole = self
+                    .seek(offset, libc::SEEK_HOLE)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(self.size);
+                Ok(Extent {
+                    offset,
+                    length: end_of(hole).max(offset + 1) - offset,
+                    kind: ExtentKind::Data,
+                })
+            }
+        }
+    }
+
+    fn allocation_unit(&self) -> u64 {
+        512
+    }
+}
+
+/// Returns true when every byte of `buf` is zero (word-at-a-time).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let (prefix, words, suffix) = split_aligned(buf);
+    prefix.iter().all(|b| *b == 0) && suffix.iter().all(|b| *b == 0) && words_zero(words)
+}
+
+/// Splits `buf` into an unaligned head, a 16-byte-aligned body and a tail.
+fn split_aligned(buf: &[u8]) -> (&[u8], &[u8], &[u8]) {
+    let head = buf.as_ptr().align_offset(16).min(buf.len());
+    let (prefix, rest) = buf.split_at(head);
+    let body = rest.len() / 16 * 16;
+    let (words, suffix) = rest.split_at(body);
+    (prefix, words, suffix)
+}
+
+fn words_zero(words: &[u8]) -> bool {
+    // Check the first chunk early: random data fails here immediately.
+    let mut chunks = words.chunks_exact(64);
+    for c in &mut chunks {
+        let mut acc = 0u128;
+        for w in c.chunks_exact(16) {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(w);
+            acc |= u128::from_ne_bytes(a);
+        }
+        if acc != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().iter().all(|b| *b == 0)
+}
+
+/// Writes a raw image sparsely.
+#[derive(Debug)]
+pub struct RawSink {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    /// Everything at or past this offset has never been written (reads as a hole).
+    high_water: u64,
+}
+
+impl RawSink {
+    /// Creates (truncating) `path` for a raw image of `size` bytes.
+    pub fn create(path: &Path, size: u64) -> Result<RawSink, ImageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| ImageError::io(format!("creating {}", path.display()), e))?;
+        Ok(RawSink {
+            path: path.to_path_buf(),
+            file,
+            size,
+            high_water: 0,
+        })
+    }
+
+    fn pwrite(&self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| ImageError::io(format!("writing {} at {offset}", self.path.display()), e))
+    }
+}
+
+impl BlockSink for RawSink {
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
+        let len = buf.len() as u64;
+        if offset.checked_add(len).is_none_or(|e| e > self.size) {
+            return Err(ImageError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            });
+        }
+        if offset < self.high_water {
+            // Overwrite of a possibly written range: write everything as given.
+            self.pwrite(buf, offset)?;
+        } else {
+            // Fresh range: leave all-zero units as holes, write the rest in runs.
+            let mut run_start: Option<usize> = None;
+            let mut pos = 0usize;
+            while pos < buf.len() {
+                let unit_end =
+                    (((offset + pos as u64) / RAW_UNIT + 1) * RAW_UNIT - offset) as usize;
+                let end = unit_end.min(buf.len());
+                let zero = is_zero(&buf[pos..end]);
+                match (zero, run_start) {
+                    (false, None) => run_start = Some(pos),
+                    (true, Some(s)) => {
+                        self.pwrite(&buf[s..pos], offset + s as u64)?;
+                        run_start = None;
+                    }
+                    _ => {}
+                }
+                pos = end;
+            }
+            if let Some(s) = run_start {
+                self.pwrite(&buf[s..], offset + s as u64)?;
+            }
+        }
+        self.high_water = self.high_water.max(offset + len);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), ImageError> {
+        self.file
+            .set_len(self.size)
+            .map_err(|e| ImageError::io(format!("setting the size of {}", self.path.display()), e))
+    }
+
+    fn unit_size(&self) -> u64 {
+        RAW_UNIT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection() {
+        let mut v = vec![0u8; 10000];
+        assert!(is_zero(&v));
+        assert!(is_zero(&v[3..9001]));
+        v[9999] = 1;
+        assert!(!is_zero(&v));
+        assert!(is_zero(&v[..9999]));
+        v[0] = 1;
+        assert!(!is_zero(&v[..5]));
+        assert!(is_zero(&[]));
+    }
+
+    #[test]
+    fn sparse_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.raw");
+        let size = 1 << 20;
+        let mut sink = Box::new(RawSink::create(&p, size).unwrap());
+        let mut data = vec![0u8; 256 << 10];
+        data[100_000] = 7;
+        sink.write_at(&data, 65536).unwrap();
+        sink.write_at(&[9u8; 512], 0).unwrap();
+        sink.finish().unwrap();
+        let img = RawImage::open(&p).unwrap();
+        assert_eq!(img.virtual_size(), size);
+        let mut back = vec![1u8; size as usize];
+        img.read_at(&mut back, 0).unwrap();
+        assert_eq!(&back[..512], &[9u8; 512]);
+        assert_eq!(back[65536 + 100_000], 7);
+        assert_eq!(back.iter().filter(|b| **b != 0).count(), 513);
+        let meta = std::fs::metadata(&p).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() * 512 < 64 << 10, "output is sparse");
+        // The hole at the end is reported as zero.
+        let e = img.extent_at(size - 4096).unwrap();
+        assert_eq!(e.kind, ExtentKind::Zero);
+    }
+}
