@@ -30,6 +30,16 @@ pub type ConsoleStream = BoxStream<'static, Result<Bytes, ClientError>>;
 /// Events as they happen; ends when the daemon closes the stream.
 pub type EventStream = BoxStream<'static, Result<Event, ClientError>>;
 
+/// The stream's messages up to and excluding the peer's Close frame. After a Close, the
+/// only thing left is the closing handshake, whose write may fail harmlessly when the peer
+/// has already gone; that must not surface as an error of the stream.
+fn until_close<S>(stream: S) -> impl futures::Stream<Item = Result<Message, WsError>>
+where
+    S: futures::Stream<Item = Result<Message, WsError>>,
+{
+    stream.take_while(|m| futures::future::ready(!matches!(m, Ok(Message::Close(_)))))
+}
+
 fn ws_error(path: &str, source: WsError) -> ClientError {
     ClientError::WebSocket {
         path: path.to_string(),
@@ -102,7 +112,7 @@ impl Client {
             .with(|bytes: Bytes| {
                 futures::future::ready(Ok::<_, ClientError>(Message::Binary(bytes)))
             });
-        let stream = stream.filter_map(move |message| {
+        let stream = until_close(stream).filter_map(move |message| {
             let item = match message {
                 Ok(Message::Binary(bytes)) => Some(Ok(bytes)),
                 // The protocol uses binary messages; accept text as its UTF-8 bytes.
@@ -125,7 +135,7 @@ impl Client {
             None => "/v1/events".to_string(),
         };
         let stream = self.websocket(&path).await?;
-        let events = stream.filter_map(move |message| {
+        let events = until_close(stream).filter_map(move |message| {
             let item = match message {
                 Ok(Message::Text(text)) => Some(
                     serde_json::from_str::<Event>(text.as_str()).map_err(ClientError::DecodeEvent),
