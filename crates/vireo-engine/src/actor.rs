@@ -45,10 +45,25 @@ pub struct ActionOpts {
     pub requestor: String,
 }
 
+/// A change to a stopped VM's record.
+type RecordEdit = Box<dyn FnOnce(&mut VmRecord) -> Result<()> + Send>;
+
 enum Msg {
-    Action { action: VmAction, opts: ActionOpts, reply: oneshot::Sender<Result<()>> },
-    Guest { pid: u32, ready: bool, facts: Option<GuestFacts> },
-    Update { f: Box<dyn FnOnce(&mut VmRecord) -> Result<()> + Send>, if_match: Option<u64>, reply: oneshot::Sender<Result<()>> },
+    Action {
+        action: VmAction,
+        opts: ActionOpts,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Guest {
+        pid: u32,
+        ready: bool,
+        facts: Option<GuestFacts>,
+    },
+    Update {
+        f: RecordEdit,
+        if_match: Option<u64>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// Cheap handle to a VM actor.
@@ -60,7 +75,9 @@ pub struct VmHandle {
 
 impl std::fmt::Debug for VmHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmHandle").field("vm", &self.view.borrow().record.name).finish()
+        f.debug_struct("VmHandle")
+            .field("vm", &self.view.borrow().record.name)
+            .finish()
     }
 }
 
@@ -77,10 +94,15 @@ impl VmHandle {
     pub async fn act(&self, action: VmAction, opts: ActionOpts) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Action { action, opts, reply })
+            .send(Msg::Action {
+                action,
+                opts,
+                reply,
+            })
             .await
             .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?;
-        rx.await.map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?
+        rx.await
+            .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?
     }
 
     /// Changes the record (only allowed while stopped), with optimistic concurrency.
@@ -91,16 +113,23 @@ impl VmHandle {
     ) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Update { f: Box::new(f), if_match, reply })
+            .send(Msg::Update {
+                f: Box::new(f),
+                if_match,
+                reply,
+            })
             .await
             .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?;
-        rx.await.map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?
+        rx.await
+            .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?
     }
 
     /// Checks an action against the current state without running it.
     pub fn precheck(&self, action: VmAction) -> Result<()> {
         let state = self.view.borrow().record.state;
-        check_action(state, action).map(|_| ()).map_err(|e| EngineError::Conflict(e.to_string()))
+        check_action(state, action)
+            .map(|_| ())
+            .map_err(|e| EngineError::Conflict(e.to_string()))
     }
 }
 
@@ -128,7 +157,13 @@ pub fn spawn(
     events: Arc<EventBus>,
 ) -> VmHandle {
     let (tx, rx) = mpsc::channel(64);
-    let view = VmView { record, revision, guest_ready: false, facts: None, machine: None };
+    let view = VmView {
+        record,
+        revision,
+        guest_ready: false,
+        facts: None,
+        machine: None,
+    };
     let (view_tx, view_rx) = watch::channel(view);
     let mut actor = Actor {
         view: view_tx,
@@ -181,7 +216,11 @@ impl Actor {
 
     async fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Action { action, opts, reply } => self.on_action(action, opts, reply).await,
+            Msg::Action {
+                action,
+                opts,
+                reply,
+            } => self.on_action(action, opts, reply).await,
             Msg::Guest { pid, ready, facts } => {
                 let current = self.machine().map(|m| m.pid());
                 if current != Some(pid) {
@@ -212,18 +251,17 @@ impl Actor {
         }
     }
 
-    async fn update(
-        &mut self,
-        f: Box<dyn FnOnce(&mut VmRecord) -> Result<()> + Send>,
-        if_match: Option<u64>,
-    ) -> Result<()> {
+    async fn update(&mut self, f: RecordEdit, if_match: Option<u64>) -> Result<()> {
         let (mut record, revision) = {
             let v = self.view.borrow();
             (v.record.clone(), v.revision)
         };
         if let Some(expected) = if_match {
             if expected != revision {
-                return Err(EngineError::Precondition { expected, actual: revision });
+                return Err(EngineError::Precondition {
+                    expected,
+                    actual: revision,
+                });
             }
         }
         if record.state != VmState::Stopped {
@@ -283,7 +321,12 @@ impl Actor {
         }
     }
 
-    async fn on_action(&mut self, action: VmAction, opts: ActionOpts, reply: oneshot::Sender<Result<()>>) {
+    async fn on_action(
+        &mut self,
+        action: VmAction,
+        opts: ActionOpts,
+        reply: oneshot::Sender<Result<()>>,
+    ) {
         let record = self.record();
         let next = match check_action(record.state, action) {
             Ok(n) => n,
@@ -357,7 +400,13 @@ impl Actor {
                     self.set_state(VmState::Stopped, None).await;
                     return Err(e);
                 }
-                self.events.emit("vm.state", Some(r.project.as_str()), &r.target(), &self.last_requestor, serde_json::json!({"from": old, "to": to}));
+                self.events.emit(
+                    "vm.state",
+                    Some(r.project.as_str()),
+                    &r.target(),
+                    &self.last_requestor,
+                    serde_json::json!({"from": old, "to": to}),
+                );
                 self.attach(m);
                 Ok(())
             }
@@ -410,7 +459,10 @@ impl Actor {
             let _ = m.kill().await;
             return;
         }
-        let timeout = opts.timeout.unwrap_or(DEFAULT_STOP_TIMEOUT).min(MAX_STOP_TIMEOUT);
+        let timeout = opts
+            .timeout
+            .unwrap_or(DEFAULT_STOP_TIMEOUT)
+            .min(MAX_STOP_TIMEOUT);
         self.stop_deadline = Some(Instant::now() + timeout);
     }
 
@@ -424,9 +476,9 @@ impl Actor {
 
     async fn simple(&mut self, action: VmAction, next: VmState, force: bool) -> Result<()> {
         let record = self.record();
-        let m = self
-            .machine()
-            .ok_or_else(|| EngineError::Conflict(format!("VM {} has no QEMU process", record.name)))?;
+        let m = self.machine().ok_or_else(|| {
+            EngineError::Conflict(format!("VM {} has no QEMU process", record.name))
+        })?;
         let res = match action {
             VmAction::Pause => m.pause().await,
             VmAction::Resume => m.resume().await,
@@ -537,14 +589,30 @@ async fn guest_watch(m: Arc<dyn Machine>, pid: u32, tx: mpsc::WeakSender<Msg>) {
         }
         let ok = m.agent_ping(Duration::from_millis(1500)).await.is_ok();
         if ok != ready {
-            let facts = if ok { m.agent_facts(Duration::from_secs(3)).await.ok() } else { None };
+            let facts = if ok {
+                m.agent_facts(Duration::from_secs(3)).await.ok()
+            } else {
+                None
+            };
             let Some(tx) = tx.upgrade() else { return };
-            if tx.send(Msg::Guest { pid, ready: ok, facts }).await.is_err() {
+            if tx
+                .send(Msg::Guest {
+                    pid,
+                    ready: ok,
+                    facts,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
             ready = ok;
         }
-        let pause = if ready { Duration::from_secs(5) } else { Duration::from_millis(250) };
+        let pause = if ready {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(250)
+        };
         // Wake early on a reset (the guest reboots and loses its agent) or exit.
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}

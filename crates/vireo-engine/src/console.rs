@@ -39,12 +39,15 @@ pub struct ConsoleBackend {
 
 impl Console {
     /// A console and its backend side.
-    pub fn new(capacity: usize) -> ConsoleBackend {
+    pub fn create(capacity: usize) -> ConsoleBackend {
         let (live, _) = broadcast::channel(1024);
         let (tx, rx) = mpsc::channel(256);
         ConsoleBackend {
             console: Console {
-                ring: Arc::new(Mutex::new(Ring { buf: VecDeque::with_capacity(4096), cap: capacity })),
+                ring: Arc::new(Mutex::new(Ring {
+                    buf: VecDeque::with_capacity(4096),
+                    cap: capacity,
+                })),
                 live,
                 input: tx,
                 closed: Arc::new(watch::channel(false).0),
@@ -116,7 +119,7 @@ mod tests {
 
     #[test]
     fn ring_keeps_only_the_tail() {
-        let b = Console::new(8);
+        let b = Console::create(8);
         b.console.push_output(b"hello ");
         b.console.push_output(b"world");
         assert_eq!(b.console.history(100), b"lo world");
@@ -129,7 +132,7 @@ mod tests {
 
     #[tokio::test]
     async fn attach_splits_history_and_live_without_loss() {
-        let b = Console::new(64);
+        let b = Console::create(64);
         b.console.push_output(b"before");
         let (hist, mut rx) = b.console.attach(1024);
         b.console.push_output(b"after");

@@ -37,7 +37,11 @@ impl Db {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
-        let kv = self.store.get(key).await.map_err(|e| store_err("reading the state store", e))?;
+        let kv = self
+            .store
+            .get(key)
+            .await
+            .map_err(|e| store_err("reading the state store", e))?;
         match kv {
             None => Ok(None),
             Some(kv) => {
@@ -49,7 +53,11 @@ impl Db {
     }
 
     async fn list_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(T, u64)>> {
-        let r = self.store.range(prefix).await.map_err(|e| store_err("reading the state store", e))?;
+        let r = self
+            .store
+            .range(prefix)
+            .await
+            .map_err(|e| store_err("reading the state store", e))?;
         let mut out = Vec::with_capacity(r.kvs.len());
         for kv in r.kvs {
             match serde_json::from_slice(&kv.value) {
@@ -75,7 +83,11 @@ impl Db {
         let bytes = serde_json::to_vec(value).map_err(|e| store_err("encoding a record", e))?;
         let r = self
             .store
-            .txn(Txn::new().when([Compare::absent(key)]).and_then([TxnOp::put(key, bytes)]))
+            .txn(
+                Txn::new()
+                    .when([Compare::absent(key)])
+                    .and_then([TxnOp::put(key, bytes)]),
+            )
             .await
             .map_err(|e| store_err("writing the state store", e))?;
         if !r.succeeded {
@@ -94,11 +106,16 @@ impl Db {
 
     // VMs
     pub async fn create_vm(&self, r: &VmRecord) -> Result<u64> {
-        self.create_json(&records::vm_key(r.project.as_str(), r.name.as_str()), r, &format!("VM {:?}", r.name.as_str()))
-            .await
+        self.create_json(
+            &records::vm_key(r.project.as_str(), r.name.as_str()),
+            r,
+            &format!("VM {:?}", r.name.as_str()),
+        )
+        .await
     }
     pub async fn put_vm(&self, r: &VmRecord) -> Result<u64> {
-        self.put_json(&records::vm_key(r.project.as_str(), r.name.as_str()), r).await
+        self.put_json(&records::vm_key(r.project.as_str(), r.name.as_str()), r)
+            .await
     }
     pub async fn get_vm(&self, project: &str, name: &str) -> Result<Option<(VmRecord, u64)>> {
         self.get_json(&records::vm_key(project, name)).await
@@ -113,32 +130,57 @@ impl Db {
     // Images
     pub async fn create_image(&self, r: &ImageRecord) -> Result<u64> {
         let name = r.info.name.as_str();
-        self.create_json(&records::image_key(name), r, &format!("image {name:?}")).await
+        self.create_json(&records::image_key(name), r, &format!("image {name:?}"))
+            .await
     }
     pub async fn get_image(&self, name: &str) -> Result<Option<ImageRecord>> {
-        Ok(self.get_json(&records::image_key(name)).await?.map(|(r, _)| r))
+        Ok(self
+            .get_json(&records::image_key(name))
+            .await?
+            .map(|(r, _)| r))
     }
     pub async fn list_images(&self) -> Result<Vec<ImageRecord>> {
-        Ok(self.list_json("/images/").await?.into_iter().map(|(r, _)| r).collect())
+        Ok(self
+            .list_json("/images/")
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
     }
 
     // Projects
     pub async fn create_project(&self, p: &ProjectInfo) -> Result<u64> {
         let name = p.name.as_str();
-        self.create_json(&records::project_key(name), p, &format!("project {name:?}")).await
+        self.create_json(&records::project_key(name), p, &format!("project {name:?}"))
+            .await
     }
     pub async fn get_project(&self, name: &str) -> Result<Option<ProjectInfo>> {
-        Ok(self.get_json(&records::project_key(name)).await?.map(|(r, _)| r))
+        Ok(self
+            .get_json(&records::project_key(name))
+            .await?
+            .map(|(r, _)| r))
     }
     pub async fn list_projects(&self) -> Result<Vec<ProjectInfo>> {
-        Ok(self.list_json("/projects/").await?.into_iter().map(|(r, _)| r).collect())
+        Ok(self
+            .list_json("/projects/")
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
     }
 
     // Operations
     pub async fn put_operation(&self, p: &PersistedOp) -> Result<()> {
-        self.put_json(&records::operation_key(p.op.id), p).await.map(|_| ())
+        self.put_json(&records::operation_key(p.op.id), p)
+            .await
+            .map(|_| ())
     }
     pub async fn list_operations(&self) -> Result<Vec<PersistedOp>> {
-        Ok(self.list_json("/operations/").await?.into_iter().map(|(r, _)| r).collect())
+        Ok(self
+            .list_json("/operations/")
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
     }
 }

@@ -17,8 +17,7 @@ use vireo_api::vms::{
 };
 use vireo_api::DEFAULT_PROJECT;
 use vireo_types::{
-    BootSource, DiskFormat, DiskSpec, MacAddr, Name, NicBackend, NicSpec, VmAction, VmSpec,
-    VmState,
+    BootSource, DiskFormat, DiskSpec, MacAddr, Name, NicBackend, NicSpec, VmAction, VmSpec, VmState,
 };
 
 use crate::actor::{self, ActionOpts, VmHandle};
@@ -53,7 +52,8 @@ pub struct BuiltImage {
 /// Builds images from packages (`vireo image build NAME`). Runs on a blocking thread.
 pub trait ImageBuilder: Send + Sync + std::fmt::Debug {
     /// Writes the image's files into `out_dir` (which exists and is empty).
-    fn build(&self, out_dir: &Path, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<BuiltImage>;
+    fn build(&self, out_dir: &Path, progress: &(dyn Fn(&str) + Sync))
+        -> anyhow::Result<BuiltImage>;
 }
 
 /// Default VM sizing.
@@ -84,7 +84,10 @@ fn vm_dir(state_dir: &Path, uuid: Uuid) -> PathBuf {
 }
 
 fn not_found(kind: &'static str, name: &str) -> EngineError {
-    EngineError::NotFound { kind, name: name.to_string() }
+    EngineError::NotFound {
+        kind,
+        name: name.to_string(),
+    }
 }
 
 impl Engine {
@@ -115,9 +118,16 @@ impl Engine {
                 started: std::time::Instant::now(),
             }),
         };
-        if engine.inner.db.get_project(DEFAULT_PROJECT).await?.is_none() {
+        if engine
+            .inner
+            .db
+            .get_project(DEFAULT_PROJECT)
+            .await?
+            .is_none()
+        {
             let p = ProjectInfo {
-                name: Name::new(DEFAULT_PROJECT).map_err(|e| EngineError::internal("default project name", e))?,
+                name: Name::new(DEFAULT_PROJECT)
+                    .map_err(|e| EngineError::internal("default project name", e))?,
                 created_at: Utc::now(),
                 description: "Default project".into(),
             };
@@ -128,7 +138,10 @@ impl Engine {
         }
         let recovered = engine.inner.ops.recover().await;
         if recovered > 0 {
-            tracing::warn!(recovered, "failed operations interrupted by the previous daemon run");
+            tracing::warn!(
+                recovered,
+                "failed operations interrupted by the previous daemon run"
+            );
         }
         engine.reattach().await?;
         Ok(engine)
@@ -173,17 +186,31 @@ impl Engine {
                 match self.inner.hv.adopt(&req, pid).await {
                     Ok(m) => {
                         let running = m.cpus_running().await.unwrap_or(true);
-                        let state = if running { VmState::Running } else { VmState::Paused };
+                        let state = if running {
+                            VmState::Running
+                        } else {
+                            VmState::Paused
+                        };
                         tracing::info!(vm = %rec.name, pid = m.pid(), %state, "re-attached running VM");
                         rec.state = state;
                         rec.pid = Some(m.pid());
                         machine = Some(m);
                     }
                     Err(e) => {
-                        let next = if rec.state == VmState::Stopping { VmState::Stopped } else { VmState::Crashed };
+                        let next = if rec.state == VmState::Stopping {
+                            VmState::Stopped
+                        } else {
+                            VmState::Crashed
+                        };
                         tracing::warn!(vm = %rec.name, error = %e, %next, "VM's QEMU did not survive");
                         if next == VmState::Crashed {
-                            self.inner.events.emit("vm.crashed", Some(rec.project.as_str()), &rec.target(), "system", serde_json::json!({"pid": rec.pid, "reason": e.to_string()}));
+                            self.inner.events.emit(
+                                "vm.crashed",
+                                Some(rec.project.as_str()),
+                                &rec.target(),
+                                "system",
+                                serde_json::json!({"pid": rec.pid, "reason": e.to_string()}),
+                            );
                         }
                         rec.state = next;
                         rec.pid = None;
@@ -197,7 +224,14 @@ impl Engine {
                 rev
             };
             let key = (rec.project.to_string(), rec.name.to_string());
-            let h = actor::spawn(rec, rev, machine, self.inner.db.clone(), self.inner.hv.clone(), self.inner.events.clone());
+            let h = actor::spawn(
+                rec,
+                rev,
+                machine,
+                self.inner.db.clone(),
+                self.inner.hv.clone(),
+                self.inner.events.clone(),
+            );
             self.lock_vms().insert(key, h);
         }
         Ok(())
@@ -268,7 +302,11 @@ impl Engine {
                 mac: n.mac,
                 network: net.clone(),
                 addresses: facts
-                    .and_then(|f| f.interfaces.iter().find(|(mac, _)| mac.eq_ignore_ascii_case(&n.mac.to_string())))
+                    .and_then(|f| {
+                        f.interfaces
+                            .iter()
+                            .find(|(mac, _)| mac.eq_ignore_ascii_case(&n.mac.to_string()))
+                    })
                     .map(|(_, a)| a.clone())
                     .unwrap_or_default(),
             })
@@ -309,42 +347,73 @@ impl Engine {
     ) -> Result<Operation> {
         let p = self.project(project).await?;
         if self.handle(&p, req.name.as_str()).is_ok() {
-            return Err(EngineError::Conflict(format!("VM {:?} already exists in project {p:?}", req.name.as_str())));
+            return Err(EngineError::Conflict(format!(
+                "VM {:?} already exists in project {p:?}",
+                req.name.as_str()
+            )));
         }
         let image = self
             .inner
             .db
             .get_image(req.image.as_str())
             .await?
-            .ok_or_else(|| EngineError::invalid("image", format!("image {:?} not found", req.image.as_str())))?;
+            .ok_or_else(|| {
+                EngineError::invalid("image", format!("image {:?} not found", req.image.as_str()))
+            })?;
         let uuid = Uuid::now_v7();
         let dir = vm_dir(&self.inner.cfg.state_dir, uuid);
-        let networks: Vec<Name> = match &req.networks {
-            Some(n) => n.clone(),
-            None => vec![Name::new(USER_NETWORK).map_err(|e| EngineError::internal("network name", e))?],
-        };
+        let networks: Vec<Name> =
+            match &req.networks {
+                Some(n) => n.clone(),
+                None => vec![Name::new(USER_NETWORK)
+                    .map_err(|e| EngineError::internal("network name", e))?],
+            };
         let mut nics = Vec::new();
         for (i, net) in networks.iter().enumerate() {
             if net.as_str() != USER_NETWORK {
-                return Err(EngineError::invalid("networks", format!("network {:?} not found (available: {USER_NETWORK})", net.as_str())));
+                return Err(EngineError::invalid(
+                    "networks",
+                    format!(
+                        "network {:?} not found (available: {USER_NETWORK})",
+                        net.as_str()
+                    ),
+                ));
             }
             let seed = uuid.as_bytes();
             // Distinct per NIC and per VM: uuid v7 random tail plus the NIC index.
             let mac = MacAddr::generated([seed[13], seed[14], seed[15].wrapping_add(i as u8)]);
             nics.push(NicSpec {
-                name: Name::new(format!("eth{i}")).map_err(|e| EngineError::internal("NIC name", e))?,
+                name: Name::new(format!("eth{i}"))
+                    .map_err(|e| EngineError::internal("NIC name", e))?,
                 mac,
                 backend: NicBackend::User,
             });
         }
         let (boot, disks, disk_bytes) = match (&image.files, &image.info.content) {
-            (ImageFiles::Kernel { kernel, initrd }, ImageContent::Kernel { cmdline, default_data_disk_mib, .. }) => {
+            (
+                ImageFiles::Kernel { kernel, initrd },
+                ImageContent::Kernel {
+                    cmdline,
+                    default_data_disk_mib,
+                    ..
+                },
+            ) => {
                 if req.firmware.is_some() {
-                    return Err(EngineError::invalid("firmware", "firmware applies to disk images; this image boots a kernel directly"));
+                    return Err(EngineError::invalid(
+                        "firmware",
+                        "firmware applies to disk images; this image boots a kernel directly",
+                    ));
                 }
                 for f in [kernel, initrd] {
                     if !f.is_file() {
-                        return Err(EngineError::invalid("image", format!("image {:?} is missing its file {}", req.image.as_str(), f.display())));
+                        return Err(EngineError::invalid(
+                            "image",
+                            format!(
+                                "image {:?} is missing its file {}",
+                                req.image.as_str(),
+                                f.display()
+                            ),
+                        ));
                     }
                 }
                 let mut cmdline = format!("{cmdline} vireo.hostname={}", req.name);
@@ -360,17 +429,37 @@ impl Engine {
                     read_only: false,
                     boot_index: None,
                 };
-                (BootSource::Kernel { kernel: kernel.clone(), initrd: Some(initrd.clone()), cmdline }, vec![disk], mib.checked_mul(1 << 20))
+                (
+                    BootSource::Kernel {
+                        kernel: kernel.clone(),
+                        initrd: Some(initrd.clone()),
+                        cmdline,
+                    },
+                    vec![disk],
+                    mib.checked_mul(1 << 20),
+                )
             }
-            (ImageFiles::Disk { path: _ }, ImageContent::Disk { firmware, virtual_size_bytes }) => {
+            (
+                ImageFiles::Disk { path: _ },
+                ImageContent::Disk {
+                    firmware,
+                    virtual_size_bytes,
+                },
+            ) => {
                 if req.kernel_args.is_some() {
-                    return Err(EngineError::invalid("kernel_args", "kernel_args applies to kernel images only"));
+                    return Err(EngineError::invalid(
+                        "kernel_args",
+                        "kernel_args applies to kernel images only",
+                    ));
                 }
                 let bytes = match req.disk_mib {
                     Some(m) => {
                         let b = m.checked_mul(1 << 20);
                         if b.is_some_and(|b| b < *virtual_size_bytes) {
-                            return Err(EngineError::invalid("disk_mib", "the disk cannot be smaller than the image"));
+                            return Err(EngineError::invalid(
+                                "disk_mib",
+                                "the disk cannot be smaller than the image",
+                            ));
                         }
                         b
                     }
@@ -383,13 +472,29 @@ impl Engine {
                     read_only: false,
                     boot_index: Some(1),
                 };
-                (BootSource::Disk { firmware: req.firmware.unwrap_or(*firmware) }, vec![disk], bytes)
+                (
+                    BootSource::Disk {
+                        firmware: req.firmware.unwrap_or(*firmware),
+                    },
+                    vec![disk],
+                    bytes,
+                )
             }
-            _ => return Err(EngineError::internal("reading image record", anyhow::anyhow!("image record is inconsistent"))),
+            _ => {
+                return Err(EngineError::internal(
+                    "reading image record",
+                    anyhow::anyhow!("image record is inconsistent"),
+                ))
+            }
         };
         let disk_bytes = match disk_bytes {
             Some(b) if (1 << 20..=64 << 40).contains(&b) => b,
-            _ => return Err(EngineError::invalid("disk_mib", "disk_mib must be between 1 and 67108864 (64 TiB)")),
+            _ => {
+                return Err(EngineError::invalid(
+                    "disk_mib",
+                    "disk_mib must be between 1 and 67108864 (64 TiB)",
+                ))
+            }
         };
         let spec = VmSpec {
             vcpus: req.vcpus.unwrap_or(DEFAULT_VCPUS),
@@ -409,7 +514,13 @@ impl Engine {
         })?;
         let host_mem = host_memory_mib().0;
         if host_mem > 0 && spec.memory_mib > host_mem {
-            return Err(EngineError::invalid("memory_mib", format!("memory_mib {} exceeds the host's memory ({host_mem} MiB)", spec.memory_mib)));
+            return Err(EngineError::invalid(
+                "memory_mib",
+                format!(
+                    "memory_mib {} exceeds the host's memory ({host_mem} MiB)",
+                    spec.memory_mib
+                ),
+            ));
         }
         let record = VmRecord {
             uuid,
@@ -425,7 +536,11 @@ impl Engine {
             node: self.inner.cfg.node.clone(),
             dir: dir.clone(),
         };
-        let op = self.inner.ops.begin("vm.create", &record.target(), requestor, false).await;
+        let op = self
+            .inner
+            .ops
+            .begin("vm.create", &record.target(), requestor, false)
+            .await;
         let engine = self.clone();
         let start = req.start;
         let requestor = requestor.to_string();
@@ -435,7 +550,9 @@ impl Engine {
         };
         let op2 = op.clone();
         tokio::spawn(async move {
-            let res = engine.create_vm_work(&op2, record, backing, disk_bytes, start, &requestor).await;
+            let res = engine
+                .create_vm_work(&op2, record, backing, disk_bytes, start, &requestor)
+                .await;
             match res {
                 Ok(()) => op2.succeed().await,
                 Err(e) => {
@@ -457,7 +574,10 @@ impl Engine {
         requestor: &str,
     ) -> Result<()> {
         op.stage("creating VM directory and disks");
-        op.journal(Cleanup::RemovePath { path: record.dir.clone() }).await;
+        op.journal(Cleanup::RemovePath {
+            path: record.dir.clone(),
+        })
+        .await;
         std::fs::create_dir_all(&record.dir)
             .map_err(|e| EngineError::internal(format!("creating {}", record.dir.display()), e))?;
         restrict_dir(&record.dir);
@@ -465,7 +585,12 @@ impl Engine {
             let path = d.path.clone();
             let backing = backing.clone();
             tokio::task::spawn_blocking(move || {
-                vireo_image::ops::create(&path, vireo_image::Format::Qcow2, disk_bytes, backing.as_deref())
+                vireo_image::ops::create(
+                    &path,
+                    vireo_image::Format::Qcow2,
+                    disk_bytes,
+                    backing.as_deref(),
+                )
             })
             .await
             .map_err(|e| EngineError::internal("creating a disk", e))?
@@ -478,20 +603,51 @@ impl Engine {
         let map_key = (record.project.to_string(), record.name.to_string());
         let target = record.target();
         let project = record.project.to_string();
-        let h = actor::spawn(record, rev, None, self.inner.db.clone(), self.inner.hv.clone(), self.inner.events.clone());
+        let h = actor::spawn(
+            record,
+            rev,
+            None,
+            self.inner.db.clone(),
+            self.inner.hv.clone(),
+            self.inner.events.clone(),
+        );
         {
             let mut vms = self.lock_vms();
             if vms.contains_key(&map_key) {
-                return Err(EngineError::Conflict(format!("VM {:?} already exists", map_key.1)));
+                return Err(EngineError::Conflict(format!(
+                    "VM {:?} already exists",
+                    map_key.1
+                )));
             }
             vms.insert(map_key.clone(), h.clone());
         }
-        self.inner.events.emit("vm.created", Some(&project), &target, requestor, serde_json::json!({}));
+        self.inner.events.emit(
+            "vm.created",
+            Some(&project),
+            &target,
+            requestor,
+            serde_json::json!({}),
+        );
         if start {
             op.stage("starting");
-            if let Err(e) = h.act(VmAction::Start, ActionOpts { requestor: requestor.to_string(), ..Default::default() }).await {
+            if let Err(e) = h
+                .act(
+                    VmAction::Start,
+                    ActionOpts {
+                        requestor: requestor.to_string(),
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
                 self.lock_vms().remove(&map_key);
-                self.inner.events.emit("vm.deleted", Some(&project), &target, requestor, serde_json::json!({"reason": "create failed"}));
+                self.inner.events.emit(
+                    "vm.deleted",
+                    Some(&project),
+                    &target,
+                    requestor,
+                    serde_json::json!({"reason": "create failed"}),
+                );
                 return Err(e);
             }
         }
@@ -511,7 +667,13 @@ impl Engine {
         let h = self.handle(&p, name)?;
         if let Some(t) = stop.timeout_s {
             if t == 0 || u64::from(t) > actor::MAX_STOP_TIMEOUT.as_secs() {
-                return Err(EngineError::invalid("timeout_s", format!("timeout_s must be between 1 and {}", actor::MAX_STOP_TIMEOUT.as_secs())));
+                return Err(EngineError::invalid(
+                    "timeout_s",
+                    format!(
+                        "timeout_s must be between 1 and {}",
+                        actor::MAX_STOP_TIMEOUT.as_secs()
+                    ),
+                ));
             }
         }
         h.precheck(action)?;
@@ -519,7 +681,11 @@ impl Engine {
             return self.delete_vm_op(&p, name, h, requestor).await;
         }
         let target = h.view().record.target();
-        let op = self.inner.ops.begin(&format!("vm.{action}"), &target, requestor, false).await;
+        let op = self
+            .inner
+            .ops
+            .begin(&format!("vm.{action}"), &target, requestor, false)
+            .await;
         let opts = ActionOpts {
             force: stop.force,
             timeout: stop.timeout_s.map(|s| Duration::from_secs(u64::from(s))),
@@ -535,11 +701,22 @@ impl Engine {
         Ok(op.snapshot().unwrap_or_else(|| unreachable_op(op.id)))
     }
 
-    async fn delete_vm_op(&self, project: &str, name: &str, h: VmHandle, requestor: &str) -> Result<Operation> {
+    async fn delete_vm_op(
+        &self,
+        project: &str,
+        name: &str,
+        h: VmHandle,
+        requestor: &str,
+    ) -> Result<Operation> {
         let target = h.view().record.target();
-        let op = self.inner.ops.begin("vm.delete", &target, requestor, false).await;
+        let op = self
+            .inner
+            .ops
+            .begin("vm.delete", &target, requestor, false)
+            .await;
         let engine = self.clone();
-        let (project, name, requestor) = (project.to_string(), name.to_string(), requestor.to_string());
+        let (project, name, requestor) =
+            (project.to_string(), name.to_string(), requestor.to_string());
         let op2 = op.clone();
         tokio::spawn(async move {
             let res = async {
@@ -601,41 +778,69 @@ impl Engine {
         Ok(self.info(&h))
     }
 
-    pub async fn exec(&self, project: Option<&Name>, name: &str, req: ExecRequest) -> Result<ExecResult> {
+    pub async fn exec(
+        &self,
+        project: Option<&Name>,
+        name: &str,
+        req: ExecRequest,
+    ) -> Result<ExecResult> {
         use base64::Engine as _;
         let p = self.project(project).await?;
         let h = self.handle(&p, name)?;
         if req.command.is_empty() || req.command[0].is_empty() {
-            return Err(EngineError::invalid("command", "command must name a program"));
+            return Err(EngineError::invalid(
+                "command",
+                "command must name a program",
+            ));
         }
         if req.command.iter().any(|a| a.contains('\0')) {
-            return Err(EngineError::invalid("command", "arguments must not contain NUL bytes"));
+            return Err(EngineError::invalid(
+                "command",
+                "arguments must not contain NUL bytes",
+            ));
         }
         let timeout = req.timeout_s.unwrap_or(60);
         if timeout == 0 || timeout > 3600 {
-            return Err(EngineError::invalid("timeout_s", "timeout_s must be between 1 and 3600"));
+            return Err(EngineError::invalid(
+                "timeout_s",
+                "timeout_s must be between 1 and 3600",
+            ));
         }
         let stdin = match &req.stdin_base64 {
             Some(s) => Some(
                 base64::engine::general_purpose::STANDARD
                     .decode(s)
-                    .map_err(|e| EngineError::invalid("stdin_base64", format!("stdin_base64 is not valid base64: {e}")))?,
+                    .map_err(|e| {
+                        EngineError::invalid(
+                            "stdin_base64",
+                            format!("stdin_base64 is not valid base64: {e}"),
+                        )
+                    })?,
             ),
             None => None,
         };
         let v = h.view();
         let m = match (&v.machine, v.record.state) {
             (Some(m), VmState::Running) => m.clone(),
-            (_, state) => return Err(EngineError::Conflict(format!("VM {name} is {state}; exec needs a running VM"))),
+            (_, state) => {
+                return Err(EngineError::Conflict(format!(
+                    "VM {name} is {state}; exec needs a running VM"
+                )))
+            }
         };
         if !v.guest_ready {
-            return Err(EngineError::Conflict(format!("the guest agent of VM {name} is not ready yet")));
+            return Err(EngineError::Conflict(format!(
+                "the guest agent of VM {name} is not ready yet"
+            )));
         }
         let out = m
             .agent_exec(&req.command, stdin, Duration::from_secs(u64::from(timeout)))
             .await
             .map_err(|e| match e {
-                crate::hv::HvError::Timeout(d) => EngineError::Unavailable(format!("command did not finish within {}s", d.as_secs())),
+                crate::hv::HvError::Timeout(d) => EngineError::Unavailable(format!(
+                    "command did not finish within {}s",
+                    d.as_secs()
+                )),
                 other => EngineError::Unavailable(format!("running the command failed: {other}")),
             })?;
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -653,9 +858,12 @@ impl Engine {
         let p = self.project(project).await?;
         let h = self.handle(&p, name)?;
         let v = h.view();
-        v.machine
-            .map(|m| m.console())
-            .ok_or_else(|| EngineError::Conflict(format!("VM {name} is {}; the console needs a running VM", v.record.state)))
+        v.machine.map(|m| m.console()).ok_or_else(|| {
+            EngineError::Conflict(format!(
+                "VM {name} is {}; the console needs a running VM",
+                v.record.state
+            ))
+        })
     }
 
     /// Recent console output: live ring buffer while running, else the console log file.
@@ -681,7 +889,12 @@ impl Engine {
     }
 
     /// Waits until the VM's guest agent answers (or the timeout passes).
-    pub async fn wait_guest_ready(&self, project: Option<&Name>, name: &str, timeout: Duration) -> Result<bool> {
+    pub async fn wait_guest_ready(
+        &self,
+        project: Option<&Name>,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<bool> {
         let p = self.project(project).await?;
         let h = self.handle(&p, name)?;
         let mut w = h.watch();
@@ -692,20 +905,35 @@ impl Engine {
     pub fn vm_counts(&self) -> (u32, u32) {
         let vms = self.lock_vms();
         let total = vms.len() as u32;
-        let running = vms.values().filter(|h| h.view().record.state.has_process()).count() as u32;
+        let running = vms
+            .values()
+            .filter(|h| h.view().record.state.has_process())
+            .count() as u32;
         (total, running)
     }
 
     // ---------------------------------------------------------------- images
 
     pub async fn list_images(&self) -> Result<Vec<ImageInfo>> {
-        let mut v: Vec<ImageInfo> = self.inner.db.list_images().await?.into_iter().map(|r| r.info).collect();
+        let mut v: Vec<ImageInfo> = self
+            .inner
+            .db
+            .list_images()
+            .await?
+            .into_iter()
+            .map(|r| r.info)
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(v)
     }
 
     pub async fn get_image(&self, name: &str) -> Result<ImageInfo> {
-        self.inner.db.get_image(name).await?.map(|r| r.info).ok_or_else(|| not_found("image", name))
+        self.inner
+            .db
+            .get_image(name)
+            .await?
+            .map(|r| r.info)
+            .ok_or_else(|| not_found("image", name))
     }
 
     pub async fn build_image(&self, req: BuildImageRequest, requestor: &str) -> Result<Operation> {
@@ -717,15 +945,38 @@ impl Engine {
             .ok_or_else(|| {
                 let mut known: Vec<&String> = self.inner.builders.keys().collect();
                 known.sort();
-                EngineError::invalid("builder", format!("unknown image builder {:?} (available: {})", req.builder.as_str(), known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")))
+                EngineError::invalid(
+                    "builder",
+                    format!(
+                        "unknown image builder {:?} (available: {})",
+                        req.builder.as_str(),
+                        known
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
             })?;
         let name = req.name.clone().unwrap_or_else(|| req.builder.clone());
         if self.inner.db.get_image(name.as_str()).await?.is_some() {
-            return Err(EngineError::Conflict(format!("image {:?} already exists", name.as_str())));
+            return Err(EngineError::Conflict(format!(
+                "image {:?} already exists",
+                name.as_str()
+            )));
         }
         let uuid = Uuid::now_v7();
-        let dir = self.inner.cfg.state_dir.join("images").join(format!("{name}-{uuid}"));
-        let op = self.inner.ops.begin("image.build", &format!("image/{name}"), requestor, false).await;
+        let dir = self
+            .inner
+            .cfg
+            .state_dir
+            .join("images")
+            .join(format!("{name}-{uuid}"));
+        let op = self
+            .inner
+            .ops
+            .begin("image.build", &format!("image/{name}"), requestor, false)
+            .await;
         let op2 = op.clone();
         let db = self.inner.db.clone();
         let events = self.inner.events.clone();
@@ -734,7 +985,8 @@ impl Engine {
         tokio::spawn(async move {
             let res = async {
                 op2.journal(Cleanup::RemovePath { path: dir.clone() }).await;
-                std::fs::create_dir_all(&dir).map_err(|e| EngineError::internal("creating the image directory", e))?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| EngineError::internal("creating the image directory", e))?;
                 let out = dir.clone();
                 let progress_op = op2.clone();
                 let built = tokio::task::spawn_blocking(move || {
@@ -742,7 +994,12 @@ impl Engine {
                 })
                 .await
                 .map_err(|e| EngineError::internal("running the image builder", e))?
-                .map_err(|e| EngineError::Unavailable(format!("building image {name} failed: {}", chain(e.as_ref()))))?;
+                .map_err(|e| {
+                    EngineError::Unavailable(format!(
+                        "building image {name} failed: {}",
+                        chain(e.as_ref())
+                    ))
+                })?;
                 let size_bytes = dir_size(&dir);
                 let rec = ImageRecord {
                     info: ImageInfo {
@@ -759,11 +1016,23 @@ impl Engine {
                         source: format!("build:{builder_name}"),
                     },
                     dir: dir.clone(),
-                    files: ImageFiles::Kernel { kernel: built.kernel, initrd: built.initrd },
+                    files: ImageFiles::Kernel {
+                        kernel: built.kernel,
+                        initrd: built.initrd,
+                    },
                 };
-                op2.journal(Cleanup::DeleteKey { key: records::image_key(name.as_str()) }).await;
+                op2.journal(Cleanup::DeleteKey {
+                    key: records::image_key(name.as_str()),
+                })
+                .await;
                 db.create_image(&rec).await?;
-                events.emit("image.created", None, &format!("image/{name}"), &requestor, serde_json::json!({}));
+                events.emit(
+                    "image.created",
+                    None,
+                    &format!("image/{name}"),
+                    &requestor,
+                    serde_json::json!({}),
+                );
                 Ok::<(), EngineError>(())
             }
             .await;
@@ -776,7 +1045,12 @@ impl Engine {
     }
 
     pub async fn delete_image(&self, name: &str, requestor: &str) -> Result<Operation> {
-        let rec = self.inner.db.get_image(name).await?.ok_or_else(|| not_found("image", name))?;
+        let rec = self
+            .inner
+            .db
+            .get_image(name)
+            .await?
+            .ok_or_else(|| not_found("image", name))?;
         let users: Vec<String> = self
             .lock_vms()
             .values()
@@ -785,9 +1059,16 @@ impl Engine {
             .map(|r| format!("{}/{}", r.project, r.name))
             .collect();
         if !users.is_empty() {
-            return Err(EngineError::Conflict(format!("image {name:?} is used by VMs: {}", users.join(", "))));
+            return Err(EngineError::Conflict(format!(
+                "image {name:?} is used by VMs: {}",
+                users.join(", ")
+            )));
         }
-        let op = self.inner.ops.begin("image.delete", &format!("image/{name}"), requestor, false).await;
+        let op = self
+            .inner
+            .ops
+            .begin("image.delete", &format!("image/{name}"), requestor, false)
+            .await;
         let db = self.inner.db.clone();
         let events = self.inner.events.clone();
         let (name, requestor) = (name.to_string(), requestor.to_string());
@@ -818,29 +1099,59 @@ impl Engine {
         Ok(v)
     }
 
-    pub async fn create_project(&self, req: CreateProjectRequest, requestor: &str) -> Result<ProjectInfo> {
+    pub async fn create_project(
+        &self,
+        req: CreateProjectRequest,
+        requestor: &str,
+    ) -> Result<ProjectInfo> {
         if req.description.len() > 1024 {
-            return Err(EngineError::invalid("description", "description is longer than 1024 bytes"));
+            return Err(EngineError::invalid(
+                "description",
+                "description is longer than 1024 bytes",
+            ));
         }
-        let p = ProjectInfo { name: req.name, created_at: Utc::now(), description: req.description };
+        let p = ProjectInfo {
+            name: req.name,
+            created_at: Utc::now(),
+            description: req.description,
+        };
         self.inner.db.create_project(&p).await?;
-        self.inner.events.emit("project.created", Some(p.name.as_str()), &format!("project/{}", p.name), requestor, serde_json::json!({}));
+        self.inner.events.emit(
+            "project.created",
+            Some(p.name.as_str()),
+            &format!("project/{}", p.name),
+            requestor,
+            serde_json::json!({}),
+        );
         Ok(p)
     }
 
     pub async fn delete_project(&self, name: &str, requestor: &str) -> Result<()> {
         if name == DEFAULT_PROJECT {
-            return Err(EngineError::Conflict("the default project cannot be deleted".into()));
+            return Err(EngineError::Conflict(
+                "the default project cannot be deleted".into(),
+            ));
         }
         if self.inner.db.get_project(name).await?.is_none() {
             return Err(not_found("project", name));
         }
         let n = self.lock_vms().keys().filter(|(p, _)| p == name).count();
         if n > 0 {
-            return Err(EngineError::Conflict(format!("project {name:?} still has {n} VMs")));
+            return Err(EngineError::Conflict(format!(
+                "project {name:?} still has {n} VMs"
+            )));
         }
-        self.inner.db.delete_key(&records::project_key(name)).await?;
-        self.inner.events.emit("project.deleted", Some(name), &format!("project/{name}"), requestor, serde_json::json!({}));
+        self.inner
+            .db
+            .delete_key(&records::project_key(name))
+            .await?;
+        self.inner.events.emit(
+            "project.deleted",
+            Some(name),
+            &format!("project/{name}"),
+            requestor,
+            serde_json::json!({}),
+        );
         Ok(())
     }
 }
@@ -866,9 +1177,15 @@ fn unreachable_op(id: Uuid) -> Operation {
 
 /// Virtual size of a disk file (0 when unreadable).
 fn disk_virtual_size(path: &Path) -> u64 {
-    vireo_image::detect::open(path, &vireo_image::Limits::default(), &vireo_image::PathPolicy { allowed_dirs: vec![PathBuf::from("/")] })
-        .map(|d| d.virtual_size())
-        .unwrap_or(0)
+    vireo_image::detect::open(
+        path,
+        &vireo_image::Limits::default(),
+        &vireo_image::PathPolicy {
+            allowed_dirs: vec![PathBuf::from("/")],
+        },
+    )
+    .map(|d| d.virtual_size())
+    .unwrap_or(0)
 }
 
 fn dir_size(dir: &Path) -> u64 {
@@ -893,7 +1210,9 @@ fn restrict_dir(dir: &Path) {
 
 /// (total, available) host memory in MiB from /proc/meminfo; (0, 0) when unreadable.
 pub fn host_memory_mib() -> (u64, u64) {
-    let Ok(s) = std::fs::read_to_string("/proc/meminfo") else { return (0, 0) };
+    let Ok(s) = std::fs::read_to_string("/proc/meminfo") else {
+        return (0, 0);
+    };
     let field = |name: &str| {
         s.lines()
             .find(|l| l.starts_with(name))

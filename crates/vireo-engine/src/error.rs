@@ -10,7 +10,10 @@ pub enum EngineError {
     #[error("{0}")]
     Conflict(String),
     #[error("{message}")]
-    Invalid { field: Option<String>, message: String },
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("revision {expected} does not match the current revision {actual}")]
@@ -25,11 +28,17 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        EngineError::Invalid { field: Some(field.into()), message: message.into() }
+        EngineError::Invalid {
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 
     pub fn internal(context: impl Into<String>, source: impl Into<anyhow::Error>) -> Self {
-        EngineError::Internal { context: context.into(), source: source.into() }
+        EngineError::Internal {
+            context: context.into(),
+            source: source.into(),
+        }
     }
 
     pub fn code(&self) -> ErrorCode {

@@ -18,7 +18,10 @@ pub struct EventBus {
 impl Default for EventBus {
     fn default() -> Self {
         let (tx, _) = broadcast::channel(4096);
-        EventBus { tx, seq: AtomicU64::new(0) }
+        EventBus {
+            tx,
+            seq: AtomicU64::new(0),
+        }
     }
 }
 

@@ -16,7 +16,9 @@ use uuid::Uuid;
 use vireo_types::BootSource;
 
 use crate::console::Console;
-use crate::hv::{ExecOutput, GuestFacts, HvError, Hypervisor, LaunchRequest, Machine, MachineEvent};
+use crate::hv::{
+    ExecOutput, GuestFacts, HvError, Hypervisor, LaunchRequest, Machine, MachineEvent,
+};
 
 /// Knobs for a test.
 #[derive(Debug, Clone)]
@@ -25,11 +27,17 @@ pub struct FakeBehaviour {
     pub boot_delay: Duration,
     /// Whether the guest powers off on ACPI/agent shutdown requests.
     pub honours_shutdown: bool,
+    /// Whether launching fails (as QEMU does on a bad device or missing firmware).
+    pub fail_launch: bool,
 }
 
 impl Default for FakeBehaviour {
     fn default() -> Self {
-        FakeBehaviour { boot_delay: Duration::from_millis(50), honours_shutdown: true }
+        FakeBehaviour {
+            boot_delay: Duration::from_millis(50),
+            honours_shutdown: true,
+            fail_launch: false,
+        }
     }
 }
 
@@ -43,12 +51,20 @@ pub struct FakeHypervisor {
 
 impl FakeHypervisor {
     pub fn new() -> Arc<Self> {
-        Arc::new(FakeHypervisor { next_pid: AtomicU32::new(1000), ..Default::default() })
+        Arc::new(FakeHypervisor {
+            next_pid: AtomicU32::new(1000),
+            ..Default::default()
+        })
     }
 
     /// The live machine of a VM, if any.
     pub fn machine(&self, uuid: Uuid) -> Option<Arc<FakeMachine>> {
-        self.machines.lock().unwrap_or_else(|p| p.into_inner()).get(&uuid).filter(|m| !m.has_exited()).cloned()
+        self.machines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&uuid)
+            .filter(|m| !m.has_exited())
+            .cloned()
     }
 
     pub fn launches(&self) -> u32 {
@@ -61,26 +77,53 @@ impl Hypervisor for FakeHypervisor {
     async fn launch(&self, req: &LaunchRequest) -> Result<Arc<dyn Machine>, HvError> {
         if let BootSource::Kernel { kernel, .. } = &req.spec.boot {
             if !kernel.exists() {
-                return Err(HvError::Launch { vm: req.name.clone(), detail: format!("kernel {} not found", kernel.display()) });
+                return Err(HvError::Launch {
+                    vm: req.name.clone(),
+                    detail: format!("kernel {} not found", kernel.display()),
+                });
             }
         }
         for d in &req.spec.disks {
             if !d.path.exists() {
-                return Err(HvError::Launch { vm: req.name.clone(), detail: format!("disk {} not found", d.path.display()) });
+                return Err(HvError::Launch {
+                    vm: req.name.clone(),
+                    detail: format!("disk {} not found", d.path.display()),
+                });
             }
+        }
+        if self
+            .behaviour
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fail_launch
+        {
+            return Err(HvError::Launch {
+                vm: req.name.clone(),
+                detail: "qemu-system-x86_64: simulated failure".into(),
+            });
         }
         self.launches.fetch_add(1, Ordering::Relaxed);
         let pid = self.next_pid.fetch_add(1, Ordering::Relaxed);
-        let behaviour = self.behaviour.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let behaviour = self
+            .behaviour
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let m = FakeMachine::new(pid, behaviour);
-        self.machines.lock().unwrap_or_else(|p| p.into_inner()).insert(req.uuid, m.clone());
+        self.machines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req.uuid, m.clone());
         Ok(m)
     }
 
     async fn adopt(&self, req: &LaunchRequest, pid: u32) -> Result<Arc<dyn Machine>, HvError> {
         match self.machine(req.uuid) {
             Some(m) if m.pid == pid || pid == 0 => Ok(m),
-            _ => Err(HvError::AdoptMismatch { vm: req.name.clone(), pid }),
+            _ => Err(HvError::AdoptMismatch {
+                vm: req.name.clone(),
+                pid,
+            }),
         }
     }
 
@@ -104,7 +147,7 @@ pub struct FakeMachine {
 impl FakeMachine {
     fn new(pid: u32, behaviour: FakeBehaviour) -> Arc<Self> {
         let (events, _) = broadcast::channel(64);
-        let backend = Console::new(64 * 1024);
+        let backend = Console::create(64 * 1024);
         let console = backend.console.clone();
         let m = Arc::new(FakeMachine {
             pid,
@@ -155,7 +198,9 @@ impl FakeMachine {
         if !self.behaviour.honours_shutdown {
             return;
         }
-        let _ = self.events.send(MachineEvent::ShutdownAnnounced { guest: true });
+        let _ = self
+            .events
+            .send(MachineEvent::ShutdownAnnounced { guest: true });
         let m = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -201,7 +246,9 @@ impl Machine for FakeMachine {
         // Needs an Arc to schedule the exit; find ourselves through the event channel's
         // lifetime is not possible, so exit synchronously after announcing.
         if self.behaviour.honours_shutdown {
-            let _ = self.events.send(MachineEvent::ShutdownAnnounced { guest: true });
+            let _ = self
+                .events
+                .send(MachineEvent::ShutdownAnnounced { guest: true });
             self.exit();
         }
         Ok(())
@@ -234,7 +281,9 @@ impl Machine for FakeMachine {
             return self.reset().await;
         }
         if self.behaviour.honours_shutdown {
-            let _ = self.events.send(MachineEvent::ShutdownAnnounced { guest: true });
+            let _ = self
+                .events
+                .send(MachineEvent::ShutdownAnnounced { guest: true });
             self.exit();
         }
         Ok(())
@@ -248,17 +297,35 @@ impl Machine for FakeMachine {
             ..Default::default()
         })
     }
-    async fn agent_exec(&self, command: &[String], stdin: Option<Vec<u8>>, _timeout: Duration) -> Result<ExecOutput, HvError> {
+    async fn agent_exec(
+        &self,
+        command: &[String],
+        stdin: Option<Vec<u8>>,
+        _timeout: Duration,
+    ) -> Result<ExecOutput, HvError> {
         self.alive()?;
         if !self.agent_up() {
             return Err(HvError::Agent("guest agent not running".into()));
         }
         let out = match command.first().map(String::as_str) {
-            Some("echo") => ExecOutput { stdout: format!("{}\n", command[1..].join(" ")).into_bytes(), ..Default::default() },
-            Some("cat") => ExecOutput { stdout: stdin.unwrap_or_default(), ..Default::default() },
+            Some("echo") => ExecOutput {
+                stdout: format!("{}\n", command[1..].join(" ")).into_bytes(),
+                ..Default::default()
+            },
+            Some("cat") => ExecOutput {
+                stdout: stdin.unwrap_or_default(),
+                ..Default::default()
+            },
             Some("true") => ExecOutput::default(),
-            Some("false") => ExecOutput { exit_code: 1, ..Default::default() },
-            _ => ExecOutput { exit_code: 127, stderr: b"not found\n".to_vec(), ..Default::default() },
+            Some("false") => ExecOutput {
+                exit_code: 1,
+                ..Default::default()
+            },
+            _ => ExecOutput {
+                exit_code: 127,
+                stderr: b"not found\n".to_vec(),
+                ..Default::default()
+            },
         };
         Ok(out)
     }

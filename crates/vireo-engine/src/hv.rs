@@ -34,7 +34,9 @@ pub enum MachineEvent {
     CpusStopped,
     CpusResumed,
     /// The guest or QEMU announced a shutdown (QMP `SHUTDOWN`); `guest` when the guest asked.
-    ShutdownAnnounced { guest: bool },
+    ShutdownAnnounced {
+        guest: bool,
+    },
     /// The guest rebooted (QMP `RESET`).
     Reset,
     /// The QEMU process is gone.
@@ -74,7 +76,10 @@ pub enum HvError {
     #[error("the guest agent did not answer: {0}")]
     Agent(String),
     #[error("QEMU monitor command {command} failed: {detail}")]
-    Monitor { command: &'static str, detail: String },
+    Monitor {
+        command: &'static str,
+        detail: String,
+    },
     #[error("timed out after {0:?}")]
     Timeout(Duration),
 }

@@ -68,7 +68,11 @@ pub struct OpHandle {
 
 impl Operations {
     pub fn new(db: Db, events: Arc<EventBus>) -> Self {
-        Operations { inner: Arc::new(Mutex::new(HashMap::new())), db, events }
+        Operations {
+            inner: Arc::new(Mutex::new(HashMap::new())),
+            db,
+            events,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
@@ -100,16 +104,36 @@ impl Operations {
         let id = op.id;
         let (tx, _) = watch::channel(op.clone());
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        self.lock().insert(id, Entry { tx, journal: vec![], cancel: cancel_tx });
+        self.lock().insert(
+            id,
+            Entry {
+                tx,
+                journal: vec![],
+                cancel: cancel_tx,
+            },
+        );
         self.persist(id).await;
-        self.events.emit("operation", None, target, requestor, serde_json::json!({"id": id, "kind": kind, "status": "running"}));
-        OpHandle { id, ops: self.clone(), cancel: cancel_rx }
+        self.events.emit(
+            "operation",
+            None,
+            target,
+            requestor,
+            serde_json::json!({"id": id, "kind": kind, "status": "running"}),
+        );
+        OpHandle {
+            id,
+            ops: self.clone(),
+            cancel: cancel_rx,
+        }
     }
 
     async fn persist(&self, id: Uuid) {
         let snapshot = {
             let map = self.lock();
-            map.get(&id).map(|e| PersistedOp { op: e.tx.borrow().clone(), journal: e.journal.clone() })
+            map.get(&id).map(|e| PersistedOp {
+                op: e.tx.borrow().clone(),
+                journal: e.journal.clone(),
+            })
         };
         if let Some(p) = snapshot {
             if let Err(e) = self.db.put_operation(&p).await {
@@ -123,7 +147,11 @@ impl Operations {
     }
 
     pub fn list(&self) -> Vec<Operation> {
-        let mut v: Vec<Operation> = self.lock().values().map(|e| e.tx.borrow().clone()).collect();
+        let mut v: Vec<Operation> = self
+            .lock()
+            .values()
+            .map(|e| e.tx.borrow().clone())
+            .collect();
         v.sort_by_key(|o| o.created_at);
         v
     }
@@ -190,13 +218,21 @@ impl Operations {
                 replay(&self.db, &p.journal).await;
                 p.journal.clear();
                 p.op.status = OperationStatus::Failed;
-                p.op.error = Some("interrupted by a daemon restart; its partial work was undone".into());
+                p.op.error =
+                    Some("interrupted by a daemon restart; its partial work was undone".into());
                 p.op.updated_at = Utc::now();
                 let _ = self.db.put_operation(&p).await;
             }
             let (tx, _) = watch::channel(p.op.clone());
             let (cancel, _) = watch::channel(false);
-            self.lock().insert(p.op.id, Entry { tx, journal: vec![], cancel });
+            self.lock().insert(
+                p.op.id,
+                Entry {
+                    tx,
+                    journal: vec![],
+                    cancel,
+                },
+            );
         }
         self.prune();
         n
@@ -216,7 +252,9 @@ pub async fn replay(db: &Db, journal: &[Cleanup]) {
                 match res {
                     Ok(()) => tracing::info!(path = %path.display(), "undo: removed"),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "undo: removing failed"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "undo: removing failed")
+                    }
                 }
             }
             Cleanup::DeleteKey { key } => {
@@ -272,7 +310,11 @@ impl OpHandle {
             .map(|e| std::mem::take(&mut e.journal))
             .unwrap_or_default();
         replay(&self.ops.db, &journal).await;
-        let status = if self.is_cancelled() { OperationStatus::Cancelled } else { OperationStatus::Failed };
+        let status = if self.is_cancelled() {
+            OperationStatus::Cancelled
+        } else {
+            OperationStatus::Failed
+        };
         self.finish(status, Some(message.to_string())).await;
     }
 

@@ -201,7 +201,7 @@ impl QemuMachine {
                 return Err(HvError::Launch { vm: req.name.clone(), detail: format!("connecting to QMP: {e}") });
             }
         };
-        let backend = Console::new(HISTORY_BYTES);
+        let backend = Console::create(HISTORY_BYTES);
         let console = backend.console.clone();
         if adopted {
             // Restore history from the console log QEMU kept writing while we were away.

@@ -12,9 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Observable state of a VM.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// No QEMU process; the VM can be started, changed or deleted.
@@ -207,7 +205,10 @@ mod tests {
     }
 
     fn any_step() -> impl Strategy<Value = Step> {
-        prop_oneof![any_action().prop_map(Step::Act), any_event().prop_map(Step::Ev)]
+        prop_oneof![
+            any_action().prop_map(Step::Act),
+            any_event().prop_map(Step::Ev)
+        ]
     }
 
     #[test]

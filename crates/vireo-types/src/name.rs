@@ -138,6 +138,8 @@ mod tests {
     fn deserialization_validates() {
         assert!(serde_json::from_str::<Name>("\"ok\"").is_ok());
         let err = serde_json::from_str::<Name>("\"../etc\"").unwrap_err();
-        assert!(err.to_string().contains("must start with a lowercase letter"));
+        assert!(err
+            .to_string()
+            .contains("must start with a lowercase letter"));
     }
 }

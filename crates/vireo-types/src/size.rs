@@ -36,10 +36,15 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
 
 /// Formats bytes with the largest binary unit that divides it exactly (or one decimal place).
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (name, unit) in UNITS {
         if bytes >= unit {
-            if bytes % unit == 0 {
+            if bytes.is_multiple_of(unit) {
                 return format!("{}{name}", bytes / unit);
             }
             return format!("{:.1}{name}", bytes as f64 / unit as f64);
@@ -61,7 +66,10 @@ mod tests {
         assert!(matches!(parse_size("GiB"), Err(SizeError::Syntax(_))));
         assert!(matches!(parse_size("1 PiB"), Err(SizeError::Syntax(_))));
         assert!(matches!(parse_size("-1G"), Err(SizeError::Syntax(_))));
-        assert!(matches!(parse_size("99999999999T"), Err(SizeError::Overflow(_))));
+        assert!(matches!(
+            parse_size("99999999999T"),
+            Err(SizeError::Overflow(_))
+        ));
     }
 
     #[test]

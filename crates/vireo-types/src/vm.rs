@@ -26,9 +26,7 @@ pub mod limits {
 }
 
 /// Firmware used for disk boot.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Firmware {
     /// SeaBIOS (QEMU's default).
@@ -130,7 +128,9 @@ impl FromStr for MacAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split(':').collect();
         if parts.len() != 6 {
-            return Err(format!("MAC address {s:?} must be six hex octets separated by ':'"));
+            return Err(format!(
+                "MAC address {s:?} must be six hex octets separated by ':'"
+            ));
         }
         let mut out = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {
@@ -217,7 +217,11 @@ pub enum SpecError {
     )]
     Memory { got: u64 },
     #[error("at most {max} {what} are allowed (got {got})")]
-    TooMany { what: &'static str, max: usize, got: usize },
+    TooMany {
+        what: &'static str,
+        max: usize,
+        got: usize,
+    },
     #[error("{what} name {name:?} is used twice")]
     DuplicateName { what: &'static str, name: String },
     #[error("MAC address {0} is used by two NICs")]
@@ -251,21 +255,37 @@ impl VmSpec {
             return Err(SpecError::Vcpus { got: self.vcpus });
         }
         if !(limits::MIN_MEMORY_MIB..=limits::MAX_MEMORY_MIB).contains(&self.memory_mib) {
-            return Err(SpecError::Memory { got: self.memory_mib });
+            return Err(SpecError::Memory {
+                got: self.memory_mib,
+            });
         }
         if self.disks.len() > limits::MAX_DISKS {
-            return Err(SpecError::TooMany { what: "disks", max: limits::MAX_DISKS, got: self.disks.len() });
+            return Err(SpecError::TooMany {
+                what: "disks",
+                max: limits::MAX_DISKS,
+                got: self.disks.len(),
+            });
         }
         if self.nics.len() > limits::MAX_NICS {
-            return Err(SpecError::TooMany { what: "NICs", max: limits::MAX_NICS, got: self.nics.len() });
+            return Err(SpecError::TooMany {
+                what: "NICs",
+                max: limits::MAX_NICS,
+                got: self.nics.len(),
+            });
         }
         match &self.boot {
-            BootSource::Kernel { kernel, initrd, cmdline } => {
+            BootSource::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
                 check_path(kernel)?;
                 if let Some(i) = initrd {
                     check_path(i)?;
                 }
-                if cmdline.len() > limits::MAX_CMDLINE_LEN || cmdline.chars().any(|c| c.is_control()) {
+                if cmdline.len() > limits::MAX_CMDLINE_LEN
+                    || cmdline.chars().any(|c| c.is_control())
+                {
                     return Err(SpecError::Cmdline);
                 }
             }
@@ -279,21 +299,29 @@ impl VmSpec {
         for d in &self.disks {
             check_path(&d.path)?;
             if !names.insert(d.name.as_str()) {
-                return Err(SpecError::DuplicateName { what: "disk", name: d.name.to_string() });
+                return Err(SpecError::DuplicateName {
+                    what: "disk",
+                    name: d.name.to_string(),
+                });
             }
         }
         let mut names = HashSet::new();
         let mut macs = HashSet::new();
         for n in &self.nics {
             if !names.insert(n.name.as_str()) {
-                return Err(SpecError::DuplicateName { what: "NIC", name: n.name.to_string() });
+                return Err(SpecError::DuplicateName {
+                    what: "NIC",
+                    name: n.name.to_string(),
+                });
             }
             if !macs.insert(n.mac) {
                 return Err(SpecError::DuplicateMac(n.mac));
             }
             if let NicBackend::Tap { ifname } = &n.backend {
                 let ok = (1..=15).contains(&ifname.len())
-                    && ifname.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                    && ifname
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
                 if !ok {
                     return Err(SpecError::TapName(ifname.clone()));
                 }
@@ -337,9 +365,17 @@ mod tests {
     #[test]
     fn rejects_relative_and_parent_paths() {
         let mut s = base();
-        s.boot = BootSource::Kernel { kernel: "k".into(), initrd: None, cmdline: String::new() };
+        s.boot = BootSource::Kernel {
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: String::new(),
+        };
         assert!(matches!(s.validate(), Err(SpecError::BadPath(_))));
-        s.boot = BootSource::Kernel { kernel: "/a/../k".into(), initrd: None, cmdline: String::new() };
+        s.boot = BootSource::Kernel {
+            kernel: "/a/../k".into(),
+            initrd: None,
+            cmdline: String::new(),
+        };
         assert!(matches!(s.validate(), Err(SpecError::BadPath(_))));
     }
 
@@ -347,8 +383,18 @@ mod tests {
     fn rejects_duplicate_macs_and_names() {
         let mut s = base();
         let mac: MacAddr = "0a:76:72:00:00:01".parse().unwrap();
-        let nic = NicSpec { name: Name::new("eth0").unwrap(), mac, backend: NicBackend::User };
-        s.nics = vec![nic.clone(), NicSpec { name: Name::new("eth1").unwrap(), ..nic.clone() }];
+        let nic = NicSpec {
+            name: Name::new("eth0").unwrap(),
+            mac,
+            backend: NicBackend::User,
+        };
+        s.nics = vec![
+            nic.clone(),
+            NicSpec {
+                name: Name::new("eth1").unwrap(),
+                ..nic.clone()
+            },
+        ];
         assert_eq!(s.validate(), Err(SpecError::DuplicateMac(mac)));
         s.nics = vec![nic.clone(), nic];
         assert!(matches!(s.validate(), Err(SpecError::DuplicateName { .. })));
@@ -356,7 +402,10 @@ mod tests {
 
     #[test]
     fn mac_parsing() {
-        assert_eq!(MacAddr::generated([1, 2, 3]).to_string(), "0a:76:72:01:02:03");
+        assert_eq!(
+            MacAddr::generated([1, 2, 3]).to_string(),
+            "0a:76:72:01:02:03"
+        );
         assert!("01:00:00:00:00:00".parse::<MacAddr>().is_err());
         assert!("zz:00:00:00:00:00".parse::<MacAddr>().is_err());
         assert!("0a:00:00:00:00".parse::<MacAddr>().is_err());
