@@ -158,8 +158,13 @@ impl SqliteStore {
 
     /// A private in-memory store (for tests): same semantics, nothing persisted.
     pub fn in_memory() -> Result<Self, StoreError> {
+        Self::in_memory_with(SqliteOptions::default())
+    }
+
+    /// [`SqliteStore::in_memory`] with explicit options.
+    pub fn in_memory_with(options: SqliteOptions) -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory().map_err(sql("opening an in-memory database"))?;
-        Self::start(conn, PathBuf::from(":memory:"), SqliteOptions::default())
+        Self::start(conn, PathBuf::from(":memory:"), options)
     }
 
     /// Where the database lives (`:memory:` for in-memory stores).
