@@ -176,3 +176,32 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The committed OpenAPI document must match the code (regenerate with
+    /// `cargo run -q -p vireod -- --print-openapi > openapi/vireo.json`).
+    #[test]
+    fn committed_openapi_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi/vireo.json");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        let generated = super::openapi_json();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+            return;
+        }
+        assert!(
+            committed == generated,
+            "openapi/vireo.json is out of date: run `cargo run -q -p vireod -- --print-openapi > openapi/vireo.json`"
+        );
+    }
+
+    #[test]
+    fn every_route_is_documented() {
+        let doc: serde_json::Value = serde_json::from_str(&super::openapi_json()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in ["/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/console", "/v1/operations/{id}/wait", "/v1/events", "/v1/host", "/metrics"] {
+            assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+        }
+    }
+}
