@@ -1,24 +1,26 @@
-//! Development driver for the image engine (the real CLI is `vireo image …`).
+//! Stand-alone driver for the local image commands (`vireo image …` without the rest of the
+//! CLI): it compiles the CLI's own `image_local` module, so both behave identically.
+//! Used by `bench/convert` and for manual testing.
+
+#[path = "../../../bin/vireo/src/image_local.rs"]
+mod image_local;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "vireo-img", about = "Vireo local image tools")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: image_local::ImageLocalCmd,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let r = match args.get(1).map(String::as_str) {
-        Some("create") => {
-            let fmt = vireo_image::Format::from_qemu_name(&args[2]).expect("format");
-            let size: u64 = args[4].parse().expect("size");
-            vireo_image::ops::create(
-                std::path::Path::new(&args[3]),
-                fmt,
-                size,
-                args.get(5).map(std::path::Path::new),
-            )
+    let cli = Cli::parse();
+    match image_local::run(cli.cmd) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
         }
-        _ => {
-            eprintln!("usage: vireo-img create FMT PATH SIZE [BACKING]");
-            std::process::exit(2);
-        }
-    };
-    if let Err(e) = r {
-        eprintln!("error: {e}");
-        std::process::exit(1);
     }
 }

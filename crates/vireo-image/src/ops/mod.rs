@@ -8,6 +8,18 @@
 //! - inputs are opened by content through [`crate::detect`], with the caller's [`Limits`] and
 //!   [`PathPolicy`].
 
+mod check;
+mod compare;
+mod convert;
+mod info;
+mod map;
+
+pub use check::{check, CheckOutcome};
+pub use compare::{compare, compare_sources, CompareOutcome};
+pub use convert::{convert, convert_with, copy, ConvertOptions, CopyStats, Progress, CHUNK};
+pub use info::{info, FormatSpecific, ImageInfo, Qcow2Specific};
+pub use map::{map, map_source, MapEntry};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -85,7 +85,6 @@ struct Checker<'a> {
     path: &'a Path,
     header: &'a Header,
     limits: &'a Limits,
-    file_len: u64,
     computed: Vec<u32>,
     report: CheckReport,
 }
@@ -166,7 +165,6 @@ pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
         path,
         header: &header,
         limits,
-        file_len,
         computed: vec![0u32; nb_clusters as usize],
         report: CheckReport {
             filename: path.display().to_string(),
@@ -398,8 +396,10 @@ pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
                         }
                     }
                     Ok(Mapping::Compressed { host, .. }) => {
+                        // Compressed clusters count as fragmented, as qemu counts them.
                         allocated += 1;
                         compressed += 1;
+                        fragmented += 1;
                         if le & OFLAG_COPIED != 0 {
                             ck.report.corruption(format!(
                                 "ERROR compressed cluster {host:#x} has the copied flag set"
@@ -418,7 +418,7 @@ pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
             break;
         }
     }
-    ck.report.image_end_offset = Some(image_end.max(cs).min(ck.file_len.max(cs)));
+    ck.report.image_end_offset = Some(image_end.max(cs));
     ck.report.total_clusters = Some(header.size.div_ceil(cs));
     ck.report.allocated_clusters = Some(allocated);
     ck.report.fragmented_clusters = Some(fragmented);

@@ -1,0 +1,485 @@
+//! `vireo image info|convert|create|check|compare|map`: local disk-image tools that run the
+//! native image engine in-process (no daemon, no QEMU).
+//!
+//! Exit codes follow `qemu-img`: `check` 0/1/2/3/63, `compare` 0 identical / 1 different /
+//! 2 error; the others 0 on success. Errors of `compare` and `check` are printed here (they
+//! have their own exit codes); other errors are returned for the caller to print.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use vireo_image::ops::{self, CheckOutcome, CompareOutcome, ConvertOptions, CreateSpec, ImageInfo};
+use vireo_image::qcow2::{CompressionType, CreateOptions, Preallocation};
+use vireo_image::{Format, Limits, PathPolicy};
+
+/// Output style of the local image commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LocalOutput {
+    #[default]
+    Table,
+    Json,
+}
+
+/// qcow2 compression codec choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CompressionArg {
+    #[default]
+    Zlib,
+    Zstd,
+}
+
+/// qcow2 preallocation choice on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PreallocationArg {
+    #[default]
+    Off,
+    Metadata,
+}
+
+/// Options shared by commands that write qcow2.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Qcow2Args {
+    /// qcow2 compatibility level: 1.1 (version 3) or 0.10 (version 2).
+    #[arg(long, default_value = "1.1", value_parser = ["1.1", "0.10", "v3", "v2"])]
+    pub compat: String,
+    /// qcow2 cluster size (512 B to 2 MiB, power of two).
+    #[arg(long, default_value = "64KiB")]
+    pub cluster_size: String,
+    /// Codec for compressed qcow2 clusters.
+    #[arg(long, value_enum, default_value_t)]
+    pub compression_type: CompressionArg,
+}
+
+/// Local image commands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ImageLocalCmd {
+    /// Show format, sizes, backing chain and snapshots of an image file.
+    Info {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: LocalOutput,
+    },
+    /// Convert an image to another format (written to a temp file, renamed when complete).
+    Convert {
+        src: PathBuf,
+        dst: PathBuf,
+        /// Output format: qcow2, raw, vmdk.
+        #[arg(short = 'O', long = "format", default_value = "qcow2")]
+        out_format: String,
+        /// Compress output clusters (qcow2).
+        #[arg(short = 'c', long)]
+        compress: bool,
+        /// Worker threads (0 = one per CPU).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Do not show a progress bar.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        #[command(flatten)]
+        qcow2: Qcow2Args,
+    },
+    /// Create an empty image.
+    Create {
+        file: PathBuf,
+        /// Virtual size (e.g. 10GiB); may be omitted with --backing.
+        size: Option<String>,
+        #[arg(short = 'O', long = "format", default_value = "qcow2")]
+        out_format: String,
+        /// Backing file (qcow2), recorded as given (relative to the new image).
+        #[arg(short = 'b', long)]
+        backing: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        preallocation: PreallocationArg,
+        #[arg(long)]
+        lazy_refcounts: bool,
+        #[command(flatten)]
+        qcow2: Qcow2Args,
+    },
+    /// Check image metadata (exit 0 clean, 2 corrupt, 3 leaks, 63 not supported).
+    Check {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: LocalOutput,
+    },
+    /// Compare guest-visible content (exit 0 identical, 1 different, 2 error).
+    Compare { a: PathBuf, b: PathBuf },
+    /// List allocation extents.
+    Map {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: LocalOutput,
+    },
+}
+
+/// Set by the SIGINT handler while a long command runs.
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    CANCEL.store(true, Ordering::SeqCst);
+}
+
+/// Routes SIGINT to [`CANCEL`] until dropped, then restores the previous disposition.
+struct SigintGuard {
+    previous: libc::sigaction,
+}
+
+impl SigintGuard {
+    fn install() -> anyhow::Result<SigintGuard> {
+        CANCEL.store(false, Ordering::SeqCst);
+        // SAFETY: `sigaction` structs are plain data; zeroed is a valid initial state. The
+        // handler only performs an atomic store, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigint as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            let mut previous: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(libc::SIGINT, &action, &mut previous) != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .context("installing the Ctrl-C handler");
+            }
+            Ok(SigintGuard { previous })
+        }
+    }
+}
+
+impl Drop for SigintGuard {
+    fn drop(&mut self) {
+        // SAFETY: restores the disposition saved by `install`.
+        unsafe {
+            libc::sigaction(libc::SIGINT, &self.previous, std::ptr::null_mut());
+        }
+    }
+}
+
+fn parse_format(name: &str) -> anyhow::Result<Format> {
+    Format::from_qemu_name(name).with_context(|| format!("unknown image format {name:?}"))
+}
+
+fn qcow2_options(args: &Qcow2Args) -> anyhow::Result<CreateOptions> {
+    let cluster = vireo_types::size::parse_size(&args.cluster_size)?;
+    if !cluster.is_power_of_two() || !(512..=(2 << 20)).contains(&cluster) {
+        anyhow::bail!("cluster size must be a power of two from 512 B to 2 MiB");
+    }
+    Ok(CreateOptions {
+        version: if matches!(args.compat.as_str(), "0.10" | "v2") {
+            2
+        } else {
+            3
+        },
+        cluster_bits: cluster.trailing_zeros(),
+        compression_type: match args.compression_type {
+            CompressionArg::Zlib => CompressionType::Zlib,
+            CompressionArg::Zstd => CompressionType::Zstd,
+        },
+        ..CreateOptions::default()
+    })
+}
+
+/// Runs one local image command and returns the process exit code.
+pub fn run(cmd: ImageLocalCmd) -> anyhow::Result<i32> {
+    let limits = Limits::default();
+    let policy = PathPolicy::default();
+    match cmd {
+        ImageLocalCmd::Info { file, output } => {
+            let info = ops::info(&file, &limits, &policy)
+                .with_context(|| format!("reading {}", file.display()))?;
+            match output {
+                LocalOutput::Json => println!("{}", serde_json::to_string_pretty(&info)?),
+                LocalOutput::Table => print!("{}", render_info(&info)),
+            }
+            Ok(0)
+        }
+        ImageLocalCmd::Convert {
+            src,
+            dst,
+            out_format,
+            compress,
+            threads,
+            quiet,
+            qcow2,
+        } => {
+            let format = parse_format(&out_format)?;
+            let mut opts = ConvertOptions::new(format);
+            opts.compress = compress;
+            opts.threads = threads;
+            opts.spec = CreateSpec {
+                backing: None,
+                qcow2: qcow2_options(&qcow2)?,
+            };
+            let bar = if quiet {
+                indicatif::ProgressBar::hidden()
+            } else {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "[{elapsed_precise}] [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                    )?
+                    .progress_chars("=> "),
+                );
+                bar
+            };
+            let guard = SigintGuard::install()?;
+            let result = ops::convert_with(
+                &src,
+                &dst,
+                &opts,
+                &mut |p| {
+                    bar.set_length(p.total_bytes);
+                    bar.set_position(p.done_bytes);
+                },
+                &CANCEL,
+            );
+            drop(guard);
+            bar.finish_and_clear();
+            result.with_context(|| format!("converting {} to {}", src.display(), dst.display()))?;
+            Ok(0)
+        }
+        ImageLocalCmd::Create {
+            file,
+            size,
+            out_format,
+            backing,
+            preallocation,
+            lazy_refcounts,
+            qcow2,
+        } => {
+            let format = parse_format(&out_format)?;
+            let size = match size {
+                Some(s) => vireo_types::size::parse_size(&s)?,
+                None if backing.is_some() => 0,
+                None => anyhow::bail!("a size is required without --backing"),
+            };
+            let mut q = qcow2_options(&qcow2)?;
+            q.lazy_refcounts = lazy_refcounts;
+            q.preallocation = match preallocation {
+                PreallocationArg::Off => Preallocation::Off,
+                PreallocationArg::Metadata => Preallocation::Metadata,
+            };
+            let spec = CreateSpec { backing, qcow2: q };
+            ops::create_with(&file, format, size, &spec)
+                .with_context(|| format!("creating {}", file.display()))?;
+            Ok(0)
+        }
+        ImageLocalCmd::Check { file, output } => match ops::check(&file, &limits, &policy) {
+            Ok(outcome) => {
+                match output {
+                    LocalOutput::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),
+                    LocalOutput::Table => print!("{}", render_check(&outcome)),
+                }
+                Ok(outcome.exit_code())
+            }
+            Err(e) => {
+                eprintln!("error: checking {}: {}", file.display(), chain(&e));
+                Ok(1)
+            }
+        },
+        ImageLocalCmd::Compare { a, b } => {
+            let guard = SigintGuard::install()?;
+            let r = ops::compare(&a, &b, &limits, &policy, &CANCEL);
+            drop(guard);
+            match r {
+                Ok(CompareOutcome::Identical) => {
+                    println!("Images are identical.");
+                    Ok(0)
+                }
+                Ok(CompareOutcome::Differ { offset }) => {
+                    println!("Content mismatch at offset {offset}!");
+                    Ok(1)
+                }
+                Err(e) => {
+                    eprintln!(
+                        "error: comparing {} and {}: {}",
+                        a.display(),
+                        b.display(),
+                        chain(&e)
+                    );
+                    Ok(2)
+                }
+            }
+        }
+        ImageLocalCmd::Map { file, output } => {
+            print_map(&file, output, &limits, &policy)?;
+            Ok(0)
+        }
+    }
+}
+
+/// "a: b: c" from an error and its sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn human(bytes: u64) -> String {
+    format!("{} ({bytes} bytes)", vireo_types::size::format_size(bytes))
+}
+
+/// Text rendering of `info`, one block per image of the chain.
+pub fn render_info(info: &ImageInfo) -> String {
+    let mut out = String::new();
+    for (i, img) in info.chain().into_iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("image: {}\n", img.filename));
+        out.push_str(&format!("file format: {}\n", img.format));
+        out.push_str(&format!("virtual size: {}\n", human(img.virtual_size)));
+        out.push_str(&format!(
+            "disk size: {}\n",
+            vireo_types::size::format_size(img.actual_size)
+        ));
+        if let Some(cs) = img.cluster_size {
+            out.push_str(&format!("cluster_size: {cs}\n"));
+        }
+        if let Some(b) = &img.backing_filename {
+            out.push_str(&format!("backing file: {b}"));
+            if let Some(full) = &img.full_backing_filename {
+                out.push_str(&format!(" (actual path: {full})"));
+            }
+            out.push('\n');
+        }
+        if let Some(f) = &img.backing_filename_format {
+            out.push_str(&format!("backing file format: {f}\n"));
+        }
+        if let Some(d) = img.dirty_flag {
+            out.push_str(&format!("dirty flag: {d}\n"));
+        }
+        if !img.snapshots.is_empty() {
+            out.push_str("Snapshot list:\nID        TAG               VM SIZE                DATE     VM CLOCK\n");
+            for s in &img.snapshots {
+                out.push_str(&format!(
+                    "{:<9} {:<17} {:>7} {:>20} {:>12}.{:03}\n",
+                    s.id,
+                    s.name,
+                    vireo_types::size::format_size(s.vm_state_size),
+                    s.date_sec,
+                    s.vm_clock_sec,
+                    s.vm_clock_nsec / 1_000_000
+                ));
+            }
+        }
+        if let Some(ops::FormatSpecific::Qcow2(q)) = &img.format_specific {
+            out.push_str("Format specific information:\n");
+            out.push_str(&format!("    compat: {}\n", q.compat));
+            let ct = serde_json::to_value(q.compression_type).ok();
+            let ct = ct.as_ref().and_then(|v| v.as_str()).unwrap_or("zlib");
+            out.push_str(&format!("    compression type: {ct}\n"));
+            out.push_str(&format!("    lazy refcounts: {}\n", q.lazy_refcounts));
+            out.push_str(&format!("    refcount bits: {}\n", q.refcount_bits));
+            out.push_str(&format!("    corrupt: {}\n", q.corrupt));
+            out.push_str(&format!("    extended l2: {}\n", q.extended_l2));
+        }
+    }
+    out
+}
+
+/// Text rendering of `check` in qemu-img's words.
+pub fn render_check(outcome: &CheckOutcome) -> String {
+    let r = match outcome {
+        CheckOutcome::NotSupported { format } => {
+            return format!("This image format ({format}) does not support checks.\n");
+        }
+        CheckOutcome::Checked(r) => r,
+    };
+    let mut out = String::new();
+    for m in &r.messages {
+        out.push_str(m);
+        out.push('\n');
+    }
+    if r.dirty_flag {
+        out.push_str("The image is marked dirty (lazy refcounts were not settled).\n");
+    }
+    if r.corrupt_flag {
+        out.push_str("The image is marked corrupt.\n");
+    }
+    if r.corruptions == 0 && r.leaks == 0 && r.check_errors == 0 {
+        out.push_str("No errors were found on the image.\n");
+    }
+    if r.corruptions > 0 {
+        out.push_str(&format!(
+            "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
+            r.corruptions
+        ));
+    }
+    if r.leaks > 0 {
+        out.push_str(&format!(
+            "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n",
+            r.leaks
+        ));
+    }
+    if r.check_errors > 0 {
+        out.push_str(&format!(
+            "\n{} internal errors have occurred during the check.\n",
+            r.check_errors
+        ));
+    }
+    if let (Some(total), Some(alloc)) = (r.total_clusters, r.allocated_clusters) {
+        let pct = |n: u64, d: u64| {
+            if d == 0 {
+                0.0
+            } else {
+                n as f64 * 100.0 / d as f64
+            }
+        };
+        out.push_str(&format!(
+            "{alloc}/{total} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters\n",
+            pct(alloc, total),
+            pct(r.fragmented_clusters.unwrap_or(0), alloc),
+            pct(r.compressed_clusters.unwrap_or(0), alloc),
+        ));
+    }
+    if let Some(end) = r.image_end_offset {
+        out.push_str(&format!("Image end offset: {end}\n"));
+    }
+    out
+}
+
+fn print_map(
+    file: &Path,
+    output: LocalOutput,
+    limits: &Limits,
+    policy: &PathPolicy,
+) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    let mut first = true;
+    match output {
+        LocalOutput::Json => writeln!(w, "[")?,
+        LocalOutput::Table => writeln!(w, "{:<20} {:<20} {}", "Offset", "Length", "Kind")?,
+    }
+    ops::map(file, limits, policy, &mut |e| {
+        let r = match output {
+            LocalOutput::Json => {
+                let line = serde_json::to_string(&e).unwrap_or_default();
+                let sep = if first { "" } else { ",\n" };
+                write!(w, "{sep}  {line}")
+            }
+            LocalOutput::Table => {
+                let kind = match e.kind {
+                    vireo_image::ExtentKind::Data => "data",
+                    vireo_image::ExtentKind::Zero => "zero",
+                    vireo_image::ExtentKind::Backing => "backing",
+                };
+                writeln!(w, "{:<#20x} {:<#20x} {kind}", e.start, e.length)
+            }
+        };
+        first = false;
+        // Stop mapping as soon as output fails (e.g. a closed pipe).
+        r.map_err(|err| vireo_image::ImageError::io("writing the map", err))
+    })
+    .with_context(|| format!("mapping {}", file.display()))?;
+    if output == LocalOutput::Json {
+        writeln!(w, "\n]")?;
+    }
+    w.flush()?;
+    Ok(())
+}

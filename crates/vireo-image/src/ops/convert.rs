@@ -1,0 +1,433 @@
+//! Conversion between formats: a bounded parallel pipeline from any [`BlockSource`] to any
+//! [`BlockSink`].
+//!
+//! Shape: worker threads claim fixed-size chunks of the guest address space in order, skip
+//! ranges the source reports as zero (`extent_at`), read the rest, drop all-zero units (the
+//! sink's `unit_size`) and, for compressing sinks, encode units. The calling thread receives
+//! finished chunks, reorders them and hands them to the sink in ascending guest order, so
+//! sinks see sequential writes and can allocate output clusters in order.
+//!
+//! Invariants:
+//! - at most `window` chunks are in flight (claimed but not yet written), so memory is bounded
+//!   by `window * CHUNK` bytes of buffers regardless of the image size;
+//! - the sink is only touched by the calling thread; sources are read concurrently through
+//!   `&self` (`BlockSource: Sync`);
+//! - cancellation and errors stop all workers promptly; the output of a failed or cancelled
+//!   conversion is a temporary file that is deleted ([`super::TempTarget`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Condvar, Mutex};
+
+use super::{new_sink, CreateSpec, TempTarget};
+use crate::device::{BlockSink, BlockSource, ExtentKind, Format, Limits, PathPolicy, UnitEncoder};
+use crate::error::ImageError;
+use crate::raw::is_zero;
+
+/// Guest bytes per pipeline chunk.
+pub const CHUNK: u64 = 2 << 20;
+
+/// Progress of a long operation, in guest bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// Parameters of a conversion.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    pub format: Format,
+    /// Compress output clusters (qcow2).
+    pub compress: bool,
+    /// Output parameters (qcow2 version, cluster size, compression type…).
+    pub spec: CreateSpec,
+    /// Worker threads; 0 = one per available CPU.
+    pub threads: usize,
+    pub limits: Limits,
+    pub policy: PathPolicy,
+}
+
+impl ConvertOptions {
+    pub fn new(format: Format) -> ConvertOptions {
+        ConvertOptions {
+            format,
+            compress: false,
+            spec: CreateSpec::default(),
+            threads: 0,
+            limits: Limits::default(),
+            policy: PathPolicy::default(),
+        }
+    }
+}
+
+/// What a copy did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CopyStats {
+    /// Guest bytes read from the source.
+    pub bytes_read: u64,
+    /// Guest bytes handed to the sink (before any compression).
+    pub bytes_written: u64,
+}
+
+/// Converts `src` (any format, detected by content) into a new `format` image at `dst`.
+pub fn convert(
+    src: &Path,
+    dst: &Path,
+    format: Format,
+    compress: bool,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> Result<CopyStats, ImageError> {
+    let mut opts = ConvertOptions::new(format);
+    opts.compress = compress;
+    convert_with(src, dst, &opts, progress, cancel)
+}
+
+/// [`convert`] with all options.
+pub fn convert_with(
+    src: &Path,
+    dst: &Path,
+    opts: &ConvertOptions,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> Result<CopyStats, ImageError> {
+    if opts.compress && opts.format != Format::Qcow2 {
+        return Err(ImageError::InvalidArgument(format!(
+            "compression is only available for qcow2 output, not {}",
+            opts.format
+        )));
+    }
+    let source = crate::detect::open(src, &opts.limits, &opts.policy)?;
+    let target = TempTarget::new(dst)?;
+    let mut spec = opts.spec.clone();
+    spec.qcow2.compress = opts.compress;
+    let mut sink = new_sink(
+        target.path(),
+        dst,
+        opts.format,
+        source.virtual_size(),
+        &spec,
+    )?;
+    let stats = copy(
+        source.as_ref(),
+        sink.as_mut(),
+        opts.threads,
+        progress,
+        cancel,
+    )?;
+    sink.finish()?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(ImageError::Cancelled);
+    }
+    target.commit()?;
+    tracing::info!(src = %src.display(), dst = %dst.display(), format = %opts.format, "converted image");
+    Ok(stats)
+}
+
+/// One piece of a finished chunk, ready for the sink.
+#[derive(Debug)]
+enum Piece {
+    /// `len` bytes of the chunk buffer starting at `at` go to guest offset `offset`.
+    Plain { offset: u64, at: usize, len: usize },
+    /// An encoded unit for guest offset `offset`.
+    Encoded { offset: u64, bytes: Vec<u8> },
+}
+
+#[derive(Debug)]
+struct Done {
+    index: u64,
+    buf: Vec<u8>,
+    pieces: Vec<Piece>,
+    read: u64,
+}
+
+/// Claims chunk indices in order, never more than `window` ahead of the writer.
+#[derive(Debug)]
+struct Scheduler {
+    state: Mutex<(u64, u64)>, // (next to claim, next to write)
+    moved: Condvar,
+    window: u64,
+    chunks: u64,
+    stop: AtomicBool,
+}
+
+impl Scheduler {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
+        // The state is two counters updated atomically under the lock; poisoning cannot
+        // leave them inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn claim(&self, cancel: &AtomicBool) -> Option<u64> {
+        let mut st = self.lock();
+        loop {
+            if self.stop.load(Ordering::Relaxed)
+                || cancel.load(Ordering::Relaxed)
+                || st.0 >= self.chunks
+            {
+                return None;
+            }
+            if st.0 < st.1 + self.window {
+                let i = st.0;
+                st.0 += 1;
+                return Some(i);
+            }
+            st = self.moved.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn written(&self, next: u64) {
+        self.lock().1 = next;
+        self.moved.notify_all();
+    }
+
+    fn halt(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _guard = self.lock();
+        self.moved.notify_all();
+    }
+}
+
+/// Copies the guest content of `src` into `sink` (which must be at least as large). Ranges
+/// that read as zero are not written. Does not call `finish`.
+pub fn copy(
+    src: &dyn BlockSource,
+    sink: &mut dyn BlockSink,
+    threads: usize,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> Result<CopyStats, ImageError> {
+    let size = src.virtual_size();
+    let unit = sink.unit_size().clamp(512, CHUNK);
+    let chunk = CHUNK.max(unit);
+    let chunks = size.div_ceil(chunk);
+    let threads = if threads == 0 {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(8)
+    } else {
+        threads
+    };
+    let encoder = sink.unit_encoder();
+    let sched = Scheduler {
+        state: Mutex::new((0, 0)),
+        moved: Condvar::new(),
+        window: (threads as u64 * 2 + 2).max(4),
+        chunks,
+        stop: AtomicBool::new(false),
+    };
+    let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let (tx, rx) = mpsc::channel::<Result<Done, ImageError>>();
+    let mut stats = CopyStats::default();
+
+    std::thread::scope(|scope| -> Result<(), ImageError> {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (sched, pool, encoder) = (&sched, &pool, encoder.clone());
+            scope.spawn(move || {
+                while let Some(index) = sched.claim(cancel) {
+                    let buf = pool
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .pop()
+                        .unwrap_or_default();
+                    let start = index * chunk;
+                    let end = (start + chunk).min(size);
+                    let r = process_chunk(src, start, end, unit, encoder.as_deref(), buf).map(
+                        |(buf, pieces, read)| Done {
+                            index,
+                            buf,
+                            pieces,
+                            read,
+                        },
+                    );
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        sched.halt();
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+
+        let result = (|| {
+            let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
+            let mut next = 0u64;
+            while next < chunks {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(ImageError::Cancelled);
+                }
+                let done = match rx.recv() {
+                    Ok(r) => r?,
+                    // All workers gone without finishing: only happens on cancel.
+                    Err(_) => return Err(ImageError::Cancelled),
+                };
+                pending.insert(done.index, done);
+                while let Some(done) = pending.remove(&next) {
+                    let Done {
+                        buf, pieces, read, ..
+                    } = done;
+                    for piece in pieces {
+                        match piece {
+                            Piece::Plain { offset, at, len } => {
+                                sink.write_at(&buf[at..at + len], offset)?;
+                                stats.bytes_written += len as u64;
+                            }
+                            Piece::Encoded { offset, bytes } => {
+                                sink.write_encoded(offset, bytes)?;
+                                stats.bytes_written += unit.min(size - offset);
+                            }
+                        }
+                    }
+                    stats.bytes_read += read;
+                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
+                    next += 1;
+                    sched.written(next);
+                    progress(Progress {
+                        done_bytes: (next * chunk).min(size),
+                        total_bytes: size,
+                    });
+                }
+            }
+            Ok(())
+        })();
+        sched.halt();
+        result
+    })?;
+    Ok(stats)
+}
+
+/// Reads one chunk `[start, end)` and splits it into pieces for the sink.
+fn process_chunk(
+    src: &dyn BlockSource,
+    start: u64,
+    end: u64,
+    unit: u64,
+    encoder: Option<&dyn UnitEncoder>,
+    mut buf: Vec<u8>,
+) -> Result<(Vec<u8>, Vec<Piece>, u64), ImageError> {
+    let len = (end - start) as usize;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    // Ranges (relative to `start`) holding source data.
+    let mut data: Vec<(usize, usize)> = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let ext = src.extent_at(pos)?;
+        if ext.length == 0 || ext.offset != pos {
+            return Err(ImageError::InvalidArgument(format!(
+                "{} source returned an invalid extent at {pos}",
+                src.format()
+            )));
+        }
+        let ext_end = pos.saturating_add(ext.length).min(end);
+        if ext.kind != ExtentKind::Zero {
+            let (a, b) = ((pos - start) as usize, (ext_end - start) as usize);
+            src.read_at(&mut buf[a..b], pos)?;
+            match data.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => data.push((a, b)),
+            }
+        }
+        pos = ext_end;
+    }
+    let read: u64 = data.iter().map(|(a, b)| (b - a) as u64).sum();
+
+    // Walk units overlapping data; zero the parts of those units that had no data, then
+    // keep the units that are not entirely zero.
+    let unit = unit as usize;
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut run: Option<(usize, usize)> = None;
+    let flush_run = |run: &mut Option<(usize, usize)>, pieces: &mut Vec<Piece>| {
+        if let Some((a, b)) = run.take() {
+            pieces.push(Piece::Plain {
+                offset: start + a as u64,
+                at: a,
+                len: b - a,
+            });
+        }
+    };
+    // Chunks start unit-aligned (CHUNK is a multiple of every unit size).
+    let mut covered_to = 0usize;
+    for &(a, b) in &data {
+        let first_unit = a / unit;
+        let last_unit = (b - 1) / unit;
+        for u in first_unit..=last_unit {
+            let ua = u * unit;
+            if ua < covered_to {
+                continue;
+            }
+            let ub = (ua + unit).min(len);
+            covered_to = ub;
+            // Zero-fill the gaps of this unit that no data range covers.
+            zero_gaps(&mut buf[..len], ua, ub, &data);
+            let bytes = &buf[ua..ub];
+            if is_zero(bytes) {
+                flush_run(&mut run, &mut pieces);
+                continue;
+            }
+            if let Some(enc) = encoder {
+                if let Some(encoded) = enc.encode(bytes)? {
+                    flush_run(&mut run, &mut pieces);
+                    pieces.push(Piece::Encoded {
+                        offset: start + ua as u64,
+                        bytes: encoded,
+                    });
+                    continue;
+                }
+            }
+            run = match run {
+                Some((ra, rb)) if rb == ua => Some((ra, ub)),
+                other => {
+                    let mut other = other;
+                    flush_run(&mut other, &mut pieces);
+                    Some((ua, ub))
+                }
+            };
+        }
+    }
+    flush_run(&mut run, &mut pieces);
+    Ok((buf, pieces, read))
+}
+
+/// Zeroes the bytes of `[ua, ub)` not covered by any range in `data` (sorted, disjoint).
+fn zero_gaps(buf: &mut [u8], ua: usize, ub: usize, data: &[(usize, usize)]) {
+    let mut pos = ua;
+    for &(a, b) in data {
+        if b <= pos {
+            continue;
+        }
+        if a >= ub {
+            break;
+        }
+        if a > pos {
+            buf[pos..a].fill(0);
+        }
+        pos = b;
+        if pos >= ub {
+            return;
+        }
+    }
+    if pos < ub {
+        buf[pos..ub].fill(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_gaps_fills_only_gaps() {
+        let mut buf = vec![1u8; 16];
+        zero_gaps(&mut buf, 0, 16, &[(2, 4), (8, 10)]);
+        assert_eq!(buf, [0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0]);
+        let mut buf = vec![1u8; 16];
+        zero_gaps(&mut buf, 4, 12, &[(0, 6), (10, 20)]);
+        assert_eq!(buf, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]);
+    }
+}
