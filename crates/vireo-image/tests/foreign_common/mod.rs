@@ -1,0 +1,262 @@
+//! Shared helpers for the foreign-format tests: `qemu-img`/`qemu-io` as the oracle, and a
+//! comparison of a `BlockSource` against `qemu-img convert -O raw` that checks every byte of
+//! the ranges `qemu-img map` reports as data and samples the ranges it reports as zero.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vireo_image::{BlockSource, ExtentKind};
+
+/// Runs a command and returns stdout; panics with stderr on failure.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command and returns (success, stdout+stderr).
+pub fn try_run(program: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+pub fn qemu_img(args: &[&str]) -> String {
+    run("qemu-img", args)
+}
+
+/// `qemu-io -f FMT -c CMD… PATH`.
+pub fn qemu_io(fmt: &str, path: &Path, cmds: &[&str]) {
+    let mut args = vec!["-f", fmt];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    let p = path.to_str().unwrap();
+    args.push(p);
+    let out = run("qemu-io", &args);
+    assert!(!out.contains("failed"), "qemu-io {cmds:?}: {out}");
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A raw file of `size` bytes with: random data at the start, a repeated pattern in the
+/// middle, zeros elsewhere, and random bytes in the last partial sector region.
+pub fn write_pattern_raw(path: &Path, size: u64, seed: u64) {
+    let f = File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    if size == 0 {
+        return;
+    }
+    let head = (size.min(300_000)) as usize;
+    f.write_all_at(&pseudo_random(head, seed), 0).unwrap();
+    if size > 1 << 20 {
+        let rep: Vec<u8> = (0..(size / 4).min(200_000))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        f.write_all_at(&rep, size / 2).unwrap();
+        let tail = (size.min(70_000)) as usize;
+        f.write_all_at(&pseudo_random(tail, seed ^ 0x55), size - tail as u64)
+            .unwrap();
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct MapEntry {
+    start: u64,
+    length: u64,
+    #[serde(default)]
+    data: bool,
+    #[serde(default)]
+    zero: bool,
+}
+
+/// Compares every guest byte `src` returns with what qemu-img reads from `image`.
+pub fn assert_matches_qemu(src: &dyn BlockSource, image: &Path, fmt: &str, scratch: &Path) {
+    let raw = scratch.join("oracle.raw");
+    qemu_img(&["convert", "-f", fmt, "-O", "raw", s(image), s(&raw)]);
+    let raw_file = File::open(&raw).unwrap();
+    let size = raw_file.metadata().unwrap().len();
+    assert_eq!(
+        src.virtual_size(),
+        size,
+        "virtual size of {}",
+        image.display()
+    );
+    let map: Vec<MapEntry> =
+        serde_json::from_str(&qemu_img(&["map", "-f", fmt, "--output=json", s(image)])).unwrap();
+    let chunk = 1 << 20;
+    let mut ours = vec![0u8; chunk];
+    let mut theirs = vec![0u8; chunk];
+    for e in &map {
+        let ranges: Vec<(u64, u64)> = if e.zero {
+            // Sample the edges of ranges qemu knows to be zero.
+            let edge = e.length.min(64 << 10);
+            vec![(e.start, edge), (e.start + e.length - edge, edge)]
+        } else {
+            vec![(e.start, e.length)]
+        };
+        for (start, len) in ranges {
+            let mut pos = start;
+            while pos < start + len {
+                let n = ((start + len - pos) as usize).min(chunk);
+                src.read_at(&mut ours[..n], pos)
+                    .unwrap_or_else(|err| panic!("read {n} at {pos}: {err}"));
+                raw_file.read_exact_at(&mut theirs[..n], pos).unwrap();
+                if ours[..n] != theirs[..n] {
+                    let i = ours[..n]
+                        .iter()
+                        .zip(&theirs[..n])
+                        .position(|(a, b)| a != b)
+                        .unwrap();
+                    panic!(
+                        "{}: byte {} differs (ours {:#x}, qemu {:#x})",
+                        image.display(),
+                        pos + i as u64,
+                        ours[i],
+                        theirs[i]
+                    );
+                }
+                pos += n as u64;
+            }
+        }
+    }
+    // Every range we claim reads as zero must be zero in qemu's view too (sampled).
+    let mut pos = 0;
+    while pos < size {
+        let ext = src.extent_at(pos).unwrap();
+        assert_eq!(ext.offset, pos);
+        assert!(
+            ext.length >= 1 && pos + ext.length <= size,
+            "extent {ext:?}"
+        );
+        if ext.kind == ExtentKind::Zero {
+            let n = ext.length.min(1 << 20) as usize;
+            raw_file.read_exact_at(&mut theirs[..n], pos).unwrap();
+            assert!(
+                theirs[..n].iter().all(|&b| b == 0),
+                "we claim zero at {pos} but qemu has data"
+            );
+        }
+        pos += ext.length;
+    }
+    std::fs::remove_file(raw).unwrap();
+}
+
+/// A fresh scratch directory under the target dir (removed on drop).
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub fn path_in(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+/// Applies `mutations` pseudo-random single-byte changes to copies of `original` and runs
+/// `check` on each copy; `check` must not panic (errors are fine).
+pub fn mutate_and_check(original: &Path, rounds: usize, seed: u64, check: impl Fn(&Path)) {
+    let bytes = std::fs::read(original).unwrap();
+    let dir = original.parent().unwrap();
+    let target = dir.join(format!(
+        "mutant-{}",
+        original.file_name().unwrap().to_string_lossy()
+    ));
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..rounds {
+        let mut m = bytes.clone();
+        let edits = 1 + next() % 4;
+        for _ in 0..edits {
+            // Favour the metadata at the start of the file, where parsers look.
+            let window = if next() % 4 == 0 {
+                m.len()
+            } else {
+                m.len().min(8192)
+            };
+            if window == 0 {
+                break;
+            }
+            let i = (next() % window as u64) as usize;
+            m[i] = match next() % 4 {
+                0 => 0,
+                1 => 0xff,
+                _ => next() as u8,
+            };
+        }
+        if next() % 8 == 0 {
+            let cut = (next() % m.len().max(1) as u64) as usize;
+            m.truncate(cut);
+        }
+        std::fs::write(&target, &m).unwrap();
+        check(&target);
+    }
+}
+
+/// Reads the whole guest view in 1 MiB chunks and in a few odd-sized spans; errors are
+/// acceptable (corrupt input), panics are not.
+pub fn exercise(src: &dyn BlockSource) {
+    let size = src.virtual_size().min(64 << 20);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < size {
+        let n = ((size - pos) as usize).min(buf.len());
+        if src.read_at(&mut buf[..n], pos).is_err() {
+            break;
+        }
+        pos += n as u64;
+    }
+    for (off, len) in [
+        (1u64, 1000usize),
+        (511, 70_000),
+        (size.saturating_sub(3), 3),
+    ] {
+        if off + len as u64 <= src.virtual_size() {
+            let _ = src.read_at(&mut buf[..len], off);
+        }
+    }
+    let mut pos = 0;
+    for _ in 0..64 {
+        if pos >= src.virtual_size() {
+            break;
+        }
+        match src.extent_at(pos) {
+            Ok(e) => pos += e.length.max(1),
+            Err(_) => break,
+        }
+    }
+}
