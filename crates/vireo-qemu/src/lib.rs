@@ -1,1 +1,22 @@
-//! vireo-qemu (being built).
+//! The QEMU backend of Vireo:
+//!
+//! - [`argv`]: `VmSpec` + [`argv::LaunchContext`] → QEMU command line (pure, golden-tested);
+//! - [`process`]: spawn QEMU detached from the daemon, re-attach after a restart, pidfd-based
+//!   exit notification and reaping;
+//! - [`accel`]: KVM-or-TCG decision by actually booting a kernel under KVM, cached;
+//! - [`ovmf`]: UEFI firmware lookup and per-VM variable stores;
+//! - [`rundir`]: the fixed file layout of a VM's run directory.
+//!
+//! Protocol clients (QMP, guest agent) live in `vireo-qmp`.
+
+pub mod accel;
+pub mod argv;
+pub mod ovmf;
+pub mod process;
+pub mod rundir;
+
+pub use accel::{Accel, AccelPolicy, AccelProbe};
+pub use argv::{build, LaunchContext};
+pub use ovmf::OvmfFiles;
+pub use process::{ExitStatus, QemuProcess};
+pub use rundir::RunPaths;
