@@ -66,14 +66,15 @@ pub const VIRTIO_MODULES: [&str; 10] = [
 /// What else the guest uses, loaded after [`VIRTIO_MODULES`] unless built into the kernel:
 /// the data disk filesystem (ext2 via the ext4 driver), ISO 9660 on a virtio-scsi CD-ROM
 /// (cloud-init seeds; q35's AHCI is not in the cloud kernel), the virtio RNG, and the ACPI
-/// power button.
-pub const EXTRA_MODULES: [&str; 7] = [
+/// power button with evdev (busybox acpid reads the button from `/dev/input/event*`).
+pub const EXTRA_MODULES: [&str; 8] = [
     "ext4",
     "virtio_scsi",
     "cdrom",
     "sr_mod",
     "isofs",
     "virtio_rng",
+    "evdev",
     "button",
 ];
 
