@@ -157,7 +157,7 @@ pub fn build(spec: &VmSpec, ctx: &LaunchContext) -> Result<Vec<String>, ArgvErro
     a.push2("-display", "none");
     a.push2(
         "-sandbox",
-        "on,obtain=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
     );
     a.push2("-pidfile", utf8("pidfile", &run.pidfile())?);
 
