@@ -13,7 +13,11 @@ pub struct TinyBuilder {
 }
 
 impl ImageBuilder for TinyBuilder {
-    fn build(&self, out_dir: &Path, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<BuiltImage> {
+    fn build(
+        &self,
+        out_dir: &Path,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<BuiltImage> {
         let report = |s: &str| progress(s);
         let img = vireo_tinyimage::build(&vireo_tinyimage::BuildOptions {
             cache_dir: self.cache_dir.clone(),

@@ -101,43 +101,78 @@ pub struct Config {
 }
 
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+    toml::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_file(path, &text)
 }
 
 /// Merges defaults < file < overrides.
 pub fn resolve(file: FileConfig, o: Overrides, hostname: &str) -> Result<Config, ConfigError> {
-    let state_dir = o.state_dir.or(file.state_dir).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+    let state_dir = o
+        .state_dir
+        .or(file.state_dir)
+        .unwrap_or_else(|| DEFAULT_STATE_DIR.into());
     if !state_dir.is_absolute() {
-        return Err(ConfigError::Invalid { key: "state_dir", message: "must be an absolute path".into() });
+        return Err(ConfigError::Invalid {
+            key: "state_dir",
+            message: "must be an absolute path".into(),
+        });
     }
-    let socket = o.socket.or(file.socket).unwrap_or_else(|| DEFAULT_SOCKET.into());
+    let socket = o
+        .socket
+        .or(file.socket)
+        .unwrap_or_else(|| DEFAULT_SOCKET.into());
     if socket.as_os_str().len() >= 108 {
-        return Err(ConfigError::Invalid { key: "socket", message: "path is too long for a unix socket (max 107 bytes)".into() });
+        return Err(ConfigError::Invalid {
+            key: "socket",
+            message: "path is too long for a unix socket (max 107 bytes)".into(),
+        });
     }
     let listen = match o.listen.or(file.listen) {
-        Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid { key: "listen", message: format!("{s:?}: {e}") })?),
+        Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid {
+            key: "listen",
+            message: format!("{s:?}: {e}"),
+        })?),
         None => None,
     };
     let node = o.node.or(file.node).unwrap_or_else(|| hostname.to_string());
-    if node.is_empty() || node.len() > 63 || !node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
-        return Err(ConfigError::Invalid { key: "node", message: format!("{node:?} must be 1-63 letters, digits, '-' or '.'") });
+    if node.is_empty()
+        || node.len() > 63
+        || !node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        return Err(ConfigError::Invalid {
+            key: "node",
+            message: format!("{node:?} must be 1-63 letters, digits, '-' or '.'"),
+        });
     }
     if file.tls_cert.is_some() != file.tls_key.is_some() {
-        return Err(ConfigError::Invalid { key: "tls_cert", message: "tls_cert and tls_key must be given together".into() });
+        return Err(ConfigError::Invalid {
+            key: "tls_cert",
+            message: "tls_cert and tls_key must be given together".into(),
+        });
     }
-    let image_cache_dir = file.image_cache_dir.unwrap_or_else(|| state_dir.join("cache"));
+    let image_cache_dir = file
+        .image_cache_dir
+        .unwrap_or_else(|| state_dir.join("cache"));
     Ok(Config {
         socket,
         listen,
         node,
         accel: o.accel.or(file.accel).unwrap_or_default(),
-        qemu_binary: file.qemu_binary.unwrap_or_else(|| "qemu-system-x86_64".into()),
+        qemu_binary: file
+            .qemu_binary
+            .unwrap_or_else(|| "qemu-system-x86_64".into()),
         image_cache_dir,
         tls_cert: file.tls_cert,
         tls_key: file.tls_key,
@@ -162,8 +197,20 @@ mod tests {
 
     #[test]
     fn file_then_overrides() {
-        let f = parse_file(Path::new("x"), "state_dir = \"/srv/v\"\naccel = \"tcg\"\nlisten = \"127.0.0.1:8443\"\n").unwrap();
-        let c = resolve(f, Overrides { state_dir: Some("/o".into()), ..Default::default() }, "h").unwrap();
+        let f = parse_file(
+            Path::new("x"),
+            "state_dir = \"/srv/v\"\naccel = \"tcg\"\nlisten = \"127.0.0.1:8443\"\n",
+        )
+        .unwrap();
+        let c = resolve(
+            f,
+            Overrides {
+                state_dir: Some("/o".into()),
+                ..Default::default()
+            },
+            "h",
+        )
+        .unwrap();
         assert_eq!(c.state_dir, PathBuf::from("/o"));
         assert_eq!(c.accel, AccelPolicy::Tcg);
         assert_eq!(c.listen, Some("127.0.0.1:8443".parse().unwrap()));
@@ -175,7 +222,10 @@ mod tests {
         assert!(format!("{:?}", e).contains("unknown field"));
         assert!(parse_file(Path::new("c"), "accel = \"fast\"\n").is_err());
         let f = parse_file(Path::new("c"), "listen = \"nope\"\n").unwrap();
-        assert!(matches!(resolve(f, Overrides::default(), "h"), Err(ConfigError::Invalid { key: "listen", .. })));
+        assert!(matches!(
+            resolve(f, Overrides::default(), "h"),
+            Err(ConfigError::Invalid { key: "listen", .. })
+        ));
         let f = parse_file(Path::new("c"), "state_dir = \"rel\"\n").unwrap();
         assert!(resolve(f, Overrides::default(), "h").is_err());
         let f = parse_file(Path::new("c"), "tls_cert = \"/c.pem\"\n").unwrap();

@@ -39,7 +39,9 @@ pub fn host_info(s: &AppState) -> HostInfo {
         vireo_version: env!("CARGO_PKG_VERSION").to_string(),
         qemu_version: s.host.hv.qemu_version(),
         accel: s.host.hv.accel_info(),
-        cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
         memory_total_mib: mem_total,
         memory_available_mib: mem_avail,
         storage_total_bytes: st_total,

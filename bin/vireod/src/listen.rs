@@ -39,7 +39,10 @@ pub enum ListenError {
 pub fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| ListenError::Dir { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| ListenError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
     if path.exists() {
@@ -47,7 +50,10 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ListenError::Bind {
                 what: path.display().to_string(),
-                source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "another vireod is listening on this socket"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another vireod is listening on this socket",
+                ),
             });
         }
         let _ = std::fs::remove_file(path);
@@ -56,15 +62,25 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let res = UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    let l = res.map_err(|source| ListenError::Bind { what: path.display().to_string(), source })?;
+    let l = res.map_err(|source| ListenError::Bind {
+        what: path.display().to_string(),
+        source,
+    })?;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     Ok(l)
 }
 
-async fn serve_conn<I>(io: I, svc: impl tower::Service<axum::http::Request<Incoming>, Response = axum::response::Response, Error = Infallible> + Clone + Send + 'static, peer: String)
+async fn serve_conn<I, S>(io: I, svc: S, peer: String)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    <_ as tower::Service<axum::http::Request<Incoming>>>::Future: Send,
+    S: tower::Service<
+            axum::http::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
 {
     let hyper_svc = hyper_util::service::TowerToHyperService::new(svc);
     if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -90,7 +106,10 @@ pub async fn serve_unix(listener: UnixListener, app: Router) {
         };
         let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
         if uid != 0 && uid != me {
-            tracing::warn!(uid, "refusing unix-socket client that is neither root nor the daemon's user");
+            tracing::warn!(
+                uid,
+                "refusing unix-socket client that is neither root nor the daemon's user"
+            );
             continue;
         }
         let requestor = Requestor(format!("unix:uid={uid}"));
@@ -134,17 +153,18 @@ pub async fn serve_tls(
         let app = app.clone();
         let store = store.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let svc = tower::service_fn(move |mut req: axum::http::Request<Incoming>| {
                 let app = app.clone();
                 let store = store.clone();
@@ -157,11 +177,14 @@ pub async fn serve_tls(
                         .map(str::trim)
                         .map(str::to_string);
                     let Some(presented) = presented else {
-                        return Ok(unauthorized("an API token is required (Authorization: Bearer <token>)"));
+                        return Ok(unauthorized(
+                            "an API token is required (Authorization: Bearer <token>)",
+                        ));
                     };
-                    match crate::tokens::verify(&store, &presented).await {
+                    match crate::tokens::verify(&*store, &presented).await {
                         Ok(Some(tok)) => {
-                            req.extensions_mut().insert(Requestor(format!("token:{}", tok.name)));
+                            req.extensions_mut()
+                                .insert(Requestor(format!("token:{}", tok.name)));
                             app.oneshot(req).await
                         }
                         Ok(None) => Ok(unauthorized("the API token is not valid")),

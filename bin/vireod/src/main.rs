@@ -59,7 +59,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -83,17 +86,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let hostname = host::hostname();
     let cfg = config::resolve(
         file,
-        Overrides { state_dir: args.state_dir, socket: args.socket, listen: args.listen, node: args.node, accel: args.accel },
+        Overrides {
+            state_dir: args.state_dir,
+            socket: args.socket,
+            listen: args.listen,
+            node: args.node,
+            accel: args.accel,
+        },
         &hostname,
     )?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
         std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {}", cfg.state_dir.display()))?;
     }
     let store: Arc<dyn vireo_store::Store> = Arc::new(
-        vireo_store::SqliteStore::open(&cfg.state_dir).await.context("opening the state store")?,
+        vireo_store::SqliteStore::open(&cfg.state_dir).context("opening the state store")?,
     );
 
     let hv = vireo_engine::qemu_hv::QemuHypervisor::new(vireo_engine::qemu_hv::QemuConfig {
@@ -109,10 +119,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let hv = Arc::new(hv);
 
     let mut builders: HashMap<String, Arc<dyn vireo_engine::ImageBuilder>> = HashMap::new();
-    builders.insert("tiny".into(), Arc::new(builders::TinyBuilder { cache_dir: cfg.image_cache_dir.join("tiny") }));
+    builders.insert(
+        "tiny".into(),
+        Arc::new(builders::TinyBuilder {
+            cache_dir: cfg.image_cache_dir.join("tiny"),
+        }),
+    );
 
     let engine = vireo_engine::Engine::open(
-        vireo_engine::EngineConfig { state_dir: cfg.state_dir.clone(), node: cfg.node.clone() },
+        vireo_engine::EngineConfig {
+            state_dir: cfg.state_dir.clone(),
+            node: cfg.node.clone(),
+        },
         store.clone(),
         hv.clone(),
         builders,
@@ -122,7 +140,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let state = api::AppState {
         engine: engine.clone(),
-        host: Arc::new(host::HostFacts { hostname, hv: hv.clone() }),
+        host: Arc::new(host::HostFacts {
+            hostname,
+            hv: hv.clone(),
+        }),
         metrics: Arc::new(metrics::Metrics::default()),
     };
     let app = api::router(state);
@@ -131,11 +152,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(socket = %cfg.socket.display(), node = %cfg.node, state_dir = %cfg.state_dir.display(), "vireod listening");
     let mut tasks = vec![tokio::spawn(listen::serve_unix(unix, app.clone()))];
     if let Some(addr) = cfg.listen {
-        let tls = tls::load_or_generate(&cfg.state_dir, cfg.tls_cert.as_deref(), cfg.tls_key.as_deref())
-            .context("preparing TLS")?;
-        let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        tracing::info!(%addr, fingerprint = %tls.fingerprint, "TLS listener up (API token required)");
-        tasks.push(tokio::spawn(listen::serve_tls(tcp, Arc::new(tls.config), app, store.clone())));
+        let tls = tls::load_or_generate(
+            &cfg.state_dir,
+            cfg.tls_cert.as_deref(),
+            cfg.tls_key.as_deref(),
+        )
+        .context("preparing TLS")?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!(
+            %addr,
+            cert = %tls.cert_path.display(),
+            generated = tls.generated,
+            fingerprint = %tls.fingerprint.colon_hex(),
+            "TLS listener up (API token required)"
+        );
+        tasks.push(tokio::spawn(listen::serve_tls(
+            tcp,
+            Arc::new(tls.config),
+            app,
+            store.clone(),
+        )));
     }
 
     // VMs keep running when the daemon stops; a restarted daemon re-attaches them.

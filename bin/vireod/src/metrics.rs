@@ -46,8 +46,16 @@ impl Default for Metrics {
         let requests = Family::<HttpLabels, Counter>::default();
         let latency = Histogram::new(exponential_buckets(0.0005, 4.0, 10));
         registry.register("http_requests", "HTTP requests served", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
-        Metrics { registry, requests, latency }
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            latency.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+        }
     }
 }
 
@@ -56,7 +64,13 @@ pub async fn track(State(s): State<AppState>, req: Request, next: Next) -> Respo
     let method = req.method().to_string();
     let start = Instant::now();
     let resp = next.run(req).await;
-    s.metrics.requests.get_or_create(&HttpLabels { method, status: resp.status().as_u16() }).inc();
+    s.metrics
+        .requests
+        .get_or_create(&HttpLabels {
+            method,
+            status: resp.status().as_u16(),
+        })
+        .inc();
     s.metrics.latency.observe(start.elapsed().as_secs_f64());
     resp
 }
@@ -73,10 +87,19 @@ pub fn render(s: &AppState) -> String {
     reg.register("vms", "VMs by state", vms.clone());
     reg.register("operations", "Operations by status", ops.clone());
     let (total, running) = s.engine.vm_counts();
-    vms.get_or_create(&StateLabels { state: "with_process".into() }).set(i64::from(running));
-    vms.get_or_create(&StateLabels { state: "without_process".into() }).set(i64::from(total - running));
+    vms.get_or_create(&StateLabels {
+        state: "with_process".into(),
+    })
+    .set(i64::from(running));
+    vms.get_or_create(&StateLabels {
+        state: "without_process".into(),
+    })
+    .set(i64::from(total - running));
     for op in s.engine.operations().list() {
-        let st = serde_json::to_value(op.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let st = serde_json::to_value(op.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         ops.get_or_create(&StateLabels { state: st }).inc();
     }
     let mut extra = String::new();

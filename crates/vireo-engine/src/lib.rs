@@ -17,7 +17,7 @@ pub mod events;
 pub mod fake_hv;
 pub mod hv;
 pub mod ops;
-// pub mod qemu_hv;
+pub mod qemu_hv;
 pub mod records;
 
 pub use engine::{BuiltImage, Engine, EngineConfig, ImageBuilder};

@@ -25,7 +25,9 @@ use vireo_qmp::{GuestAgent, QmpClient, ShutdownMode};
 use vireo_types::{BootSource, Firmware};
 
 use crate::console::{Console, HISTORY_BYTES};
-use crate::hv::{ExecOutput, GuestFacts, HvError, Hypervisor, LaunchRequest, Machine, MachineEvent};
+use crate::hv::{
+    ExecOutput, GuestFacts, HvError, Hypervisor, LaunchRequest, Machine, MachineEvent,
+};
 
 /// Settings of the real hypervisor.
 #[derive(Debug, Clone)]
@@ -48,7 +50,12 @@ pub struct QemuHypervisor {
 impl QemuHypervisor {
     pub fn new(cfg: QemuConfig) -> Self {
         let policy = cfg.accel_policy.parse().unwrap_or(AccelPolicy::Auto);
-        QemuHypervisor { cfg, policy, decided: tokio::sync::Mutex::new(None), snapshot: Mutex::new(None) }
+        QemuHypervisor {
+            cfg,
+            policy,
+            decided: tokio::sync::Mutex::new(None),
+            snapshot: Mutex::new(None),
+        }
     }
 
     /// Decides the accelerator (probing with `kernel` when the policy is `auto`); idempotent.
@@ -57,7 +64,13 @@ impl QemuHypervisor {
         if let Some(p) = d.as_ref() {
             return p.chosen;
         }
-        let probe = vireo_qemu::accel::decide(self.policy, &self.cfg.qemu_binary, Some(kernel), &self.cfg.accel_cache).await;
+        let probe = vireo_qemu::accel::decide(
+            self.policy,
+            &self.cfg.qemu_binary,
+            Some(kernel),
+            &self.cfg.accel_cache,
+        )
+        .await;
         if probe.chosen == Accel::Tcg && probe.kvm_device_present {
             tracing::warn!(detail = %probe.detail, "using TCG software emulation: /dev/kvm is present but cannot run guests");
         } else {
@@ -77,14 +90,22 @@ impl QemuHypervisor {
             BootSource::Kernel { kernel, .. } => self.decide_accel(kernel).await,
             BootSource::Disk { .. } => {
                 // No kernel to probe with: only trust KVM when explicitly configured.
-                if self.policy == AccelPolicy::Kvm { Accel::Kvm } else { Accel::Tcg }
+                if self.policy == AccelPolicy::Kvm {
+                    Accel::Kvm
+                } else {
+                    Accel::Tcg
+                }
             }
         }
     }
 
     /// What `GET /v1/host` reports.
     pub fn accel_info(&self) -> AccelInfo {
-        let snap = self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let snap = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         match snap {
             Some(p) => AccelInfo {
                 chosen: p.chosen.to_string(),
@@ -94,31 +115,43 @@ impl QemuHypervisor {
                 detail: p.detail,
             },
             None => AccelInfo {
-                chosen: if self.policy == AccelPolicy::Kvm { "kvm".into() } else { "tcg".into() },
+                chosen: if self.policy == AccelPolicy::Kvm {
+                    "kvm".into()
+                } else {
+                    "tcg".into()
+                },
                 configured: self.cfg.accel_policy.clone(),
                 kvm_device_present: Path::new("/dev/kvm").exists(),
                 kvm_boots_guest: false,
-                detail: "not probed yet: the probe runs when the first kernel image is available".into(),
+                detail: "not probed yet: the probe runs when the first kernel image is available"
+                    .into(),
             },
         }
     }
 
     pub fn qemu_version(&self) -> Option<String> {
-        self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|p| p.qemu_version.clone())
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|p| p.qemu_version.clone())
     }
 
     fn context(&self, req: &LaunchRequest, accel: Accel) -> Result<LaunchContext, HvError> {
         let ovmf = match &req.spec.boot {
-            BootSource::Disk { firmware: Firmware::Uefi } => {
-                let files = vireo_qemu::ovmf::locate().map_err(|e| HvError::Launch { vm: req.name.clone(), detail: e.to_string() })?;
-                let vars = req.run_dir.join("uefi-vars.fd");
-                if !vars.exists() {
-                    std::fs::copy(&files.vars, &vars).map_err(|e| HvError::Launch {
-                        vm: req.name.clone(),
-                        detail: format!("copying UEFI variable store: {e}"),
-                    })?;
-                }
-                Some((files.code, vars))
+            BootSource::Disk {
+                firmware: Firmware::Uefi,
+            } => {
+                let launch_err = |e: vireo_qemu::ovmf::OvmfError| HvError::Launch {
+                    vm: req.name.clone(),
+                    detail: crate::error::chain(&e),
+                };
+                let template = vireo_qemu::ovmf::locate().map_err(launch_err)?;
+                let paths = vireo_qemu::rundir::RunPaths::new(&req.run_dir);
+                Some(
+                    vireo_qemu::ovmf::prepare_vars(&template, &paths.uefi_vars())
+                        .map_err(launch_err)?,
+                )
             }
             _ => None,
         };
@@ -141,10 +174,22 @@ impl Hypervisor for QemuHypervisor {
             let _ = std::fs::remove_file(req.run_dir.join(sock));
         }
         let ctx = self.context(req, accel)?;
-        let argv = vireo_qemu::argv::build(&req.spec, &ctx);
-        let process = vireo_qemu::process::spawn(&argv, &req.run_dir.join("qemu.log"), &req.run_dir.join("qemu.pid"), &req.run_dir.join("qmp.sock"))
-            .await
-            .map_err(|e| HvError::Launch { vm: req.name.clone(), detail: crate::error::chain(&e) })?;
+        let argv = vireo_qemu::argv::build(&req.spec, &ctx).map_err(|e| HvError::Launch {
+            vm: req.name.clone(),
+            detail: crate::error::chain(&e),
+        })?;
+        let paths = vireo_qemu::rundir::RunPaths::new(&req.run_dir);
+        let process = vireo_qemu::process::spawn(
+            &argv,
+            &paths.qemu_log(),
+            &paths.pidfile(),
+            &paths.qmp_socket(),
+        )
+        .await
+        .map_err(|e| HvError::Launch {
+            vm: req.name.clone(),
+            detail: crate::error::chain(&e),
+        })?;
         match QemuMachine::attach(req, process, false).await {
             Ok(m) => Ok(m),
             Err(e) => Err(e),
@@ -156,12 +201,18 @@ impl Hypervisor for QemuHypervisor {
             std::fs::read_to_string(req.run_dir.join("qemu.pid"))
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
-                .ok_or(HvError::AdoptMismatch { vm: req.name.clone(), pid })?
+                .ok_or(HvError::AdoptMismatch {
+                    vm: req.name.clone(),
+                    pid,
+                })?
         } else {
             pid
         };
-        let process = vireo_qemu::process::adopt(pid, req.uuid)
-            .map_err(|_| HvError::AdoptMismatch { vm: req.name.clone(), pid })?;
+        let process =
+            vireo_qemu::process::adopt(pid, req.uuid).map_err(|_| HvError::AdoptMismatch {
+                vm: req.name.clone(),
+                pid,
+            })?;
         // Re-deciding the accelerator is not needed: the process keeps what it started with.
         QemuMachine::attach(req, process, true).await
     }
@@ -190,7 +241,11 @@ pub struct QemuMachine {
 }
 
 impl QemuMachine {
-    async fn attach(req: &LaunchRequest, process: QemuProcess, adopted: bool) -> Result<Arc<dyn Machine>, HvError> {
+    async fn attach(
+        req: &LaunchRequest,
+        process: QemuProcess,
+        adopted: bool,
+    ) -> Result<Arc<dyn Machine>, HvError> {
         let pid = process.pid();
         let qmp = match QmpClient::connect(req.run_dir.join("qmp.sock")).await {
             Ok(q) => q,
@@ -198,7 +253,10 @@ impl QemuMachine {
                 if !adopted {
                     let _ = process.kill();
                 }
-                return Err(HvError::Launch { vm: req.name.clone(), detail: format!("connecting to QMP: {e}") });
+                return Err(HvError::Launch {
+                    vm: req.name.clone(),
+                    detail: format!("connecting to QMP: {e}"),
+                });
             }
         };
         let backend = Console::create(HISTORY_BYTES);
@@ -227,7 +285,11 @@ impl QemuMachine {
         Ok(m)
     }
 
-    fn spawn_serial(self: &Arc<Self>, path: PathBuf, mut input: tokio::sync::mpsc::Receiver<Bytes>) {
+    fn spawn_serial(
+        self: &Arc<Self>,
+        path: PathBuf,
+        mut input: tokio::sync::mpsc::Receiver<Bytes>,
+    ) {
         let console = self.console.clone();
         let exited = self.exited.clone();
         let name = self.name.clone();
@@ -239,7 +301,9 @@ impl QemuMachine {
                         stream = Some(s);
                         break;
                     }
-                    Err(_) if !exited.load(Ordering::SeqCst) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Err(_) if !exited.load(Ordering::SeqCst) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
                     Err(_) => return,
                 }
             }
@@ -283,7 +347,11 @@ impl QemuMachine {
                             "STOP" => Some(MachineEvent::CpusStopped),
                             "RESUME" => Some(MachineEvent::CpusResumed),
                             "SHUTDOWN" => Some(MachineEvent::ShutdownAnnounced {
-                                guest: ev.data.get("guest").and_then(|g| g.as_bool()).unwrap_or(false),
+                                guest: ev
+                                    .data
+                                    .get("guest")
+                                    .and_then(|g| g.as_bool())
+                                    .unwrap_or(false),
                             }),
                             "RESET" => Some(MachineEvent::Reset),
                             _ => None,
@@ -331,7 +399,10 @@ impl QemuMachine {
     }
 
     fn monitor(command: &'static str) -> impl Fn(vireo_qmp::QmpError) -> HvError {
-        move |e| HvError::Monitor { command, detail: e.to_string() }
+        move |e| HvError::Monitor {
+            command,
+            detail: e.to_string(),
+        }
     }
 }
 
@@ -355,7 +426,12 @@ impl Machine for QemuMachine {
     }
     async fn cpus_running(&self) -> Result<bool, HvError> {
         self.alive()?;
-        Ok(self.qmp.query_status().await.map_err(Self::monitor("query-status"))?.running)
+        Ok(self
+            .qmp
+            .query_status()
+            .await
+            .map_err(Self::monitor("query-status"))?
+            .running)
     }
     async fn pause(&self) -> Result<(), HvError> {
         self.alive()?;
@@ -367,11 +443,17 @@ impl Machine for QemuMachine {
     }
     async fn powerdown(&self) -> Result<(), HvError> {
         self.alive()?;
-        self.qmp.system_powerdown().await.map_err(Self::monitor("system_powerdown"))
+        self.qmp
+            .system_powerdown()
+            .await
+            .map_err(Self::monitor("system_powerdown"))
     }
     async fn reset(&self) -> Result<(), HvError> {
         self.alive()?;
-        self.qmp.system_reset().await.map_err(Self::monitor("system_reset"))
+        self.qmp
+            .system_reset()
+            .await
+            .map_err(Self::monitor("system_reset"))
     }
     async fn kill(&self) -> Result<(), HvError> {
         if self.has_exited() {
@@ -382,7 +464,10 @@ impl Machine for QemuMachine {
             let _ = self.process.kill();
         }
         // Make sure it is gone within a bound; SIGKILL if QEMU lingers after quit.
-        if tokio::time::timeout(Duration::from_secs(3), self.process.exited()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(3), self.process.exited())
+            .await
+            .is_err()
+        {
             let _ = self.process.kill();
         }
         Ok(())
@@ -393,7 +478,11 @@ impl Machine for QemuMachine {
     }
     async fn agent_shutdown(&self, reboot: bool) -> Result<(), HvError> {
         self.alive()?;
-        let mode = if reboot { ShutdownMode::Reboot } else { ShutdownMode::Powerdown };
+        let mode = if reboot {
+            ShutdownMode::Reboot
+        } else {
+            ShutdownMode::Powerdown
+        };
         self.ga.shutdown(mode).await.map_err(agent_err)
     }
     async fn agent_facts(&self, timeout: Duration) -> Result<GuestFacts, HvError> {
@@ -406,26 +495,51 @@ impl Machine for QemuMachine {
             Ok::<GuestFacts, HvError>(GuestFacts {
                 agent_version: Some(info.version),
                 hostname,
-                os_name: os.as_ref().and_then(|o| o.pretty_name.clone().or(o.name.clone())),
+                os_name: os
+                    .as_ref()
+                    .and_then(|o| o.pretty_name.clone().or(o.name.clone())),
                 os_version: os.as_ref().and_then(|o| o.version.clone()),
                 kernel_release: os.as_ref().and_then(|o| o.kernel_release.clone()),
                 interfaces: ifaces
                     .into_iter()
                     .filter_map(|i| {
                         let mac = i.hardware_address?;
-                        Some((mac, i.ip_addresses.into_iter().map(|a| format!("{}/{}", a.ip_address, a.prefix)).collect()))
+                        Some((
+                            mac,
+                            i.ip_addresses
+                                .into_iter()
+                                .map(|a| format!("{}/{}", a.ip_address, a.prefix))
+                                .collect(),
+                        ))
                     })
                     .collect(),
             })
         };
-        tokio::time::timeout(timeout, fut).await.map_err(|_| HvError::Timeout(timeout))?
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| HvError::Timeout(timeout))?
     }
-    async fn agent_exec(&self, command: &[String], stdin: Option<Vec<u8>>, timeout: Duration) -> Result<ExecOutput, HvError> {
+    async fn agent_exec(
+        &self,
+        command: &[String],
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<ExecOutput, HvError> {
         self.alive()?;
-        let (path, args) = command.split_first().ok_or_else(|| HvError::Agent("empty command".into()))?;
-        let st = self.ga.run(path, args, stdin.as_deref(), timeout).await.map_err(agent_err)?;
+        let (path, args) = command
+            .split_first()
+            .ok_or_else(|| HvError::Agent("empty command".into()))?;
+        let st = self
+            .ga
+            .run(path, args, stdin.as_deref(), timeout)
+            .await
+            .map_err(agent_err)?;
         Ok(ExecOutput {
-            exit_code: st.exit_code.unwrap_or(if st.signal.is_some() { 128 + st.signal.unwrap_or(0) } else { 0 }),
+            exit_code: st.exit_code.unwrap_or(if st.signal.is_some() {
+                128 + st.signal.unwrap_or(0)
+            } else {
+                0
+            }),
             signal: st.signal,
             stdout: st.stdout,
             stderr: st.stderr,

@@ -36,7 +36,11 @@ pub struct Requestor(pub String);
 impl<S: Send + Sync> FromRequestParts<S> for Requestor {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts.extensions.get::<Requestor>().cloned().unwrap_or(Requestor("unknown".into())))
+        Ok(parts
+            .extensions
+            .get::<Requestor>()
+            .cloned()
+            .unwrap_or(Requestor("unknown".into())))
     }
 }
 
@@ -66,7 +70,8 @@ impl From<EngineError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.error.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, axum::Json(self.0)).into_response()
     }
 }
@@ -87,9 +92,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 fn json_rejection(r: JsonRejection) -> ApiError {
     let (code, msg) = match &r {
-        JsonRejection::MissingJsonContentType(_) => (ErrorCode::InvalidRequest, "request body must be JSON (Content-Type: application/json)".to_string()),
-        JsonRejection::JsonSyntaxError(_) => (ErrorCode::InvalidRequest, format!("malformed JSON: {}", r.body_text())),
-        JsonRejection::JsonDataError(_) => (ErrorCode::InvalidRequest, format!("invalid request body: {}", r.body_text())),
+        JsonRejection::MissingJsonContentType(_) => (
+            ErrorCode::InvalidRequest,
+            "request body must be JSON (Content-Type: application/json)".to_string(),
+        ),
+        JsonRejection::JsonSyntaxError(_) => (
+            ErrorCode::InvalidRequest,
+            format!("malformed JSON: {}", r.body_text()),
+        ),
+        JsonRejection::JsonDataError(_) => (
+            ErrorCode::InvalidRequest,
+            format!("invalid request body: {}", r.body_text()),
+        ),
         _ => (ErrorCode::InvalidRequest, r.body_text()),
     };
     ApiError::new(code, msg)
@@ -110,13 +124,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 }
 
 fn query_rejection(r: QueryRejection) -> ApiError {
-    ApiError::new(ErrorCode::InvalidRequest, format!("invalid query string: {}", r.body_text()))
+    ApiError::new(
+        ErrorCode::InvalidRequest,
+        format!("invalid query string: {}", r.body_text()),
+    )
 }
 
 /// Validated path parameter `{name}`.
 pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
     vireo_types::Name::new(s).map_err(|e| {
-        ApiError(ErrorBody::new(ErrorCode::InvalidRequest, format!("invalid {what} name {s:?}: {e}")).with_field("name"))
+        ApiError(
+            ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!("invalid {what} name {s:?}: {e}"),
+            )
+            .with_field("name"),
+        )
     })
 }
 
@@ -139,7 +162,9 @@ pub struct ApiDoc;
 
 /// The OpenAPI document, as committed in `openapi/vireo.json`.
 pub fn openapi_json() -> String {
-    let mut s = ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let mut s = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     s.push('\n');
     s
 }
@@ -148,7 +173,12 @@ pub fn openapi_json() -> String {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/vms", get(vms::list_vms).post(vms::create_vm))
-        .route("/v1/vms/{name}", get(vms::get_vm).patch(vms::update_vm).delete(vms::delete_vm))
+        .route(
+            "/v1/vms/{name}",
+            get(vms::get_vm)
+                .patch(vms::update_vm)
+                .delete(vms::delete_vm),
+        )
         .route("/v1/vms/{name}/start", post(vms::start_vm))
         .route("/v1/vms/{name}/stop", post(vms::stop_vm))
         .route("/v1/vms/{name}/restart", post(vms::restart_vm))
@@ -160,20 +190,41 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{name}/console-log", get(vms::console_log))
         .route("/v1/events", get(ws::events))
         .route("/v1/operations", get(misc::list_operations))
-        .route("/v1/operations/{id}", get(misc::get_operation).delete(misc::cancel_operation))
+        .route(
+            "/v1/operations/{id}",
+            get(misc::get_operation).delete(misc::cancel_operation),
+        )
         .route("/v1/operations/{id}/wait", get(misc::wait_operation))
         .route("/v1/images", get(misc::list_images))
         .route("/v1/images/build", post(misc::build_image))
-        .route("/v1/images/{name}", get(misc::get_image).delete(misc::delete_image))
+        .route(
+            "/v1/images/{name}",
+            get(misc::get_image).delete(misc::delete_image),
+        )
         .route("/v1/host", get(misc::host))
-        .route("/v1/projects", get(misc::list_projects).post(misc::create_project))
-        .route("/v1/projects/{name}", axum::routing::delete(misc::delete_project))
-        .route("/v1/tokens", get(misc::list_tokens).post(misc::create_token))
-        .route("/v1/tokens/{name}", axum::routing::delete(misc::revoke_token))
+        .route(
+            "/v1/projects",
+            get(misc::list_projects).post(misc::create_project),
+        )
+        .route(
+            "/v1/projects/{name}",
+            axum::routing::delete(misc::delete_project),
+        )
+        .route(
+            "/v1/tokens",
+            get(misc::list_tokens).post(misc::create_token),
+        )
+        .route(
+            "/v1/tokens/{name}",
+            axum::routing::delete(misc::revoke_token),
+        )
         .route("/v1/openapi.json", get(misc::openapi_json))
         .route("/metrics", get(misc::metrics))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -200,8 +251,19 @@ mod tests {
     fn every_route_is_documented() {
         let doc: serde_json::Value = serde_json::from_str(&super::openapi_json()).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        for p in ["/v1/vms", "/v1/vms/{name}", "/v1/vms/{name}/console", "/v1/operations/{id}/wait", "/v1/events", "/v1/host", "/metrics"] {
-            assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+        for p in [
+            "/v1/vms",
+            "/v1/vms/{name}",
+            "/v1/vms/{name}/console",
+            "/v1/operations/{id}/wait",
+            "/v1/events",
+            "/v1/host",
+            "/metrics",
+        ] {
+            assert!(
+                paths.contains_key(p),
+                "{p} missing from the OpenAPI document"
+            );
         }
     }
 }

@@ -4,7 +4,9 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use vireo_api::operations::Operation;
-use vireo_api::vms::{CreateVmRequest, ExecRequest, ExecResult, StopRequest, UpdateVmRequest, VmInfo};
+use vireo_api::vms::{
+    CreateVmRequest, ExecRequest, ExecResult, StopRequest, UpdateVmRequest, VmInfo,
+};
 use vireo_api::{ErrorBody, ErrorCode, ProjectQuery};
 use vireo_types::VmAction;
 
@@ -13,12 +15,20 @@ use super::{path_name, ApiError, ApiJson, ApiQuery, AppState, Requestor};
 /// `202 Accepted` with the operation and its location.
 pub fn accepted(op: Operation) -> Response {
     let loc = format!("/v1/operations/{}", op.id);
-    (StatusCode::ACCEPTED, [(header::LOCATION, loc)], axum::Json(op)).into_response()
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, loc)],
+        axum::Json(op),
+    )
+        .into_response()
 }
 
 #[utoipa::path(get, path = "/v1/vms", tag = "vms", params(ProjectQuery),
     responses((status = 200, body = [VmInfo]), (status = 404, body = ErrorBody)))]
-pub async fn list_vms(State(s): State<AppState>, ApiQuery(q): ApiQuery<ProjectQuery>) -> Result<axum::Json<Vec<VmInfo>>, ApiError> {
+pub async fn list_vms(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+) -> Result<axum::Json<Vec<VmInfo>>, ApiError> {
     Ok(axum::Json(s.engine.list_vms(q.project.as_ref()).await?))
 }
 
@@ -30,12 +40,18 @@ pub async fn create_vm(
     Requestor(who): Requestor,
     ApiJson(req): ApiJson<CreateVmRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(accepted(s.engine.create_vm(q.project.as_ref(), req, &who).await?))
+    Ok(accepted(
+        s.engine.create_vm(q.project.as_ref(), req, &who).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path), ProjectQuery),
     responses((status = 200, body = VmInfo, headers(("ETag" = String))), (status = 404, body = ErrorBody)))]
-pub async fn get_vm(State(s): State<AppState>, Path(name): Path<String>, ApiQuery(q): ApiQuery<ProjectQuery>) -> Result<Response, ApiError> {
+pub async fn get_vm(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+) -> Result<Response, ApiError> {
     let name = path_name(&name, "VM")?;
     let vm = s.engine.get_vm(q.project.as_ref(), name.as_str()).await?;
     let etag = format!("\"{}\"", vm.revision);
@@ -46,9 +62,17 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match headers.get(header::IF_MATCH) {
         None => Ok(None),
         Some(v) => {
-            let s = v.to_str().unwrap_or("").trim().trim_start_matches("W/").trim_matches('"');
+            let s = v
+                .to_str()
+                .unwrap_or("")
+                .trim()
+                .trim_start_matches("W/")
+                .trim_matches('"');
             s.parse::<u64>().map(Some).map_err(|_| {
-                ApiError(ErrorBody::new(ErrorCode::InvalidRequest, format!("If-Match must be a revision as returned in ETag (got {s:?})")))
+                ApiError(ErrorBody::new(
+                    ErrorCode::InvalidRequest,
+                    format!("If-Match must be a revision as returned in ETag (got {s:?})"),
+                ))
             })
         }
     }
@@ -65,20 +89,47 @@ pub async fn update_vm(
     ApiJson(req): ApiJson<UpdateVmRequest>,
 ) -> Result<Response, ApiError> {
     let name = path_name(&name, "VM")?;
-    let vm = s.engine.update_vm(q.project.as_ref(), name.as_str(), req, if_match(&headers)?).await?;
+    let vm = s
+        .engine
+        .update_vm(q.project.as_ref(), name.as_str(), req, if_match(&headers)?)
+        .await?;
     let etag = format!("\"{}\"", vm.revision);
     Ok(([(header::ETAG, etag)], axum::Json(vm)).into_response())
 }
 
-async fn action(s: &AppState, name: &str, q: &ProjectQuery, who: &str, action: VmAction, stop: StopRequest) -> Result<Response, ApiError> {
+async fn action(
+    s: &AppState,
+    name: &str,
+    q: &ProjectQuery,
+    who: &str,
+    action: VmAction,
+    stop: StopRequest,
+) -> Result<Response, ApiError> {
     let name = path_name(name, "VM")?;
-    Ok(accepted(s.engine.vm_action(q.project.as_ref(), name.as_str(), action, stop, who).await?))
+    Ok(accepted(
+        s.engine
+            .vm_action(q.project.as_ref(), name.as_str(), action, stop, who)
+            .await?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/vms/{name}", tag = "vms", params(("name" = String, Path), ProjectQuery),
     responses((status = 202, body = Operation), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete_vm(State(s): State<AppState>, Path(name): Path<String>, ApiQuery(q): ApiQuery<ProjectQuery>, Requestor(who): Requestor) -> Result<Response, ApiError> {
-    action(&s, &name, &q, &who, VmAction::Delete, StopRequest::default()).await
+pub async fn delete_vm(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+    Requestor(who): Requestor,
+) -> Result<Response, ApiError> {
+    action(
+        &s,
+        &name,
+        &q,
+        &who,
+        VmAction::Delete,
+        StopRequest::default(),
+    )
+    .await
 }
 
 macro_rules! simple_action {
@@ -110,7 +161,12 @@ pub async fn stop_vm(
     let stop: StopRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StopRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("invalid request body: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("invalid request body: {e}"),
+            )
+        })?
     };
     action(&s, &name, &q, &who, VmAction::Stop, stop).await
 }
@@ -127,13 +183,24 @@ pub async fn exec_vm(
     let name = path_name(&name, "VM")?;
     // Audit: commands are recorded (not their input or output).
     tracing::info!(target: "vireo::audit", vm = %name, requestor = %who, command = ?req.command, "exec");
-    Ok(axum::Json(s.engine.exec(q.project.as_ref(), name.as_str(), req).await?))
+    Ok(axum::Json(
+        s.engine
+            .exec(q.project.as_ref(), name.as_str(), req)
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/vms/{name}/console-log", tag = "vms", params(("name" = String, Path), ProjectQuery),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = ErrorBody)))]
-pub async fn console_log(State(s): State<AppState>, Path(name): Path<String>, ApiQuery(q): ApiQuery<ProjectQuery>) -> Result<Response, ApiError> {
+pub async fn console_log(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+) -> Result<Response, ApiError> {
     let name = path_name(&name, "VM")?;
-    let bytes = s.engine.console_log(q.project.as_ref(), name.as_str()).await?;
+    let bytes = s
+        .engine
+        .console_log(q.project.as_ref(), name.as_str())
+        .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
 }

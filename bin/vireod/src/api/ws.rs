@@ -29,7 +29,10 @@ pub async fn console(
     let name = path_name(&name, "VM")?;
     let history = q.history.unwrap_or(DEFAULT_HISTORY);
     if history > MAX_HISTORY {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("history must be at most {MAX_HISTORY}")));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("history must be at most {MAX_HISTORY}"),
+        ));
     }
     let console = s.engine.console(q.project.as_ref(), name.as_str()).await?;
     tracing::info!(target: "vireo::audit", vm = %name, requestor = %who, "console attached");
@@ -84,8 +87,17 @@ async fn run_console(socket: WebSocket, console: Console, history: usize) {
 /// Event stream: one JSON [`vireo_api::events::Event`] per text frame.
 #[utoipa::path(get, path = "/v1/events", tag = "host", params(EventsQuery),
     responses((status = 101, description = "websocket upgrade")))]
-pub async fn events(State(s): State<AppState>, ApiQuery(q): ApiQuery<EventsQuery>, ws: WebSocketUpgrade) -> Response {
-    let kinds: Option<Vec<String>> = q.kinds.map(|k| k.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+pub async fn events(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let kinds: Option<Vec<String>> = q.kinds.map(|k| {
+        k.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
     let mut rx = s.engine.events().subscribe();
     ws.on_upgrade(move |socket| async move {
         let (mut tx, mut incoming) = socket.split();
