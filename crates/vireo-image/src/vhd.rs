@@ -666,7 +666,7 @@ fn locate_parent(
 
 /// The ways a locator path may name a file here: as is with `\` turned into `/`, and for
 /// drive-letter paths only the file name (next to the child).
-fn windows_path_variants(name: &str) -> Vec<String> {
+pub(crate) fn windows_path_variants(name: &str) -> Vec<String> {
     let unix = name.replace('\\', "/");
     let drive = unix.len() >= 2 && unix.as_bytes()[1] == b':';
     let mut out = Vec::new();

@@ -1,1 +1,0 @@
-//! vhdx (being built).
