@@ -101,3 +101,62 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(self.txn(Txn::new()).await?.revision)
     }
 }
+
+/// A shared store is a store, so `&Arc<dyn Store>` can be passed where `&dyn Store` is
+/// expected. Every method forwards (including the provided ones, so a backend's own
+/// versions of them are kept).
+#[async_trait]
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+        (**self).txn(txn).await
+    }
+
+    async fn watch(&self, prefix: &str, after: Option<Revision>) -> Result<Watch, StoreError> {
+        (**self).watch(prefix, after).await
+    }
+
+    async fn lease_grant(&self, ttl: Duration) -> Result<Lease, StoreError> {
+        (**self).lease_grant(ttl).await
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        (**self).lease_keep_alive(lease).await
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<Revision, StoreError> {
+        (**self).lease_revoke(lease).await
+    }
+
+    async fn lease_time_to_live(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
+        (**self).lease_time_to_live(lease).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        (**self).get(key).await
+    }
+
+    async fn range(&self, prefix: &str) -> Result<RangeResponse, StoreError> {
+        (**self).range(prefix).await
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
+        (**self).put(key, value).await
+    }
+
+    async fn put_with_lease(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: LeaseId,
+    ) -> Result<Revision, StoreError> {
+        (**self).put_with_lease(key, value, lease).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        (**self).delete(key).await
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        (**self).current_revision().await
+    }
+}
