@@ -449,12 +449,13 @@ fn release_text(kernel_version: &str, manifest: &[ManifestEntry]) -> String {
     text
 }
 
-/// gzip with a fixed header (no file name, mtime 0) so equal input gives equal output.
+/// gzip with a fixed header (no file name, mtime 0) so equal input gives equal output. The
+/// default level: level 9 takes about four times as long for a 0.5% smaller initrd.
 pub fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut encoder = flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(3) // Unix
-        .write(Vec::new(), flate2::Compression::new(9));
+        .write(Vec::new(), flate2::Compression::default());
     encoder.write_all(data)?;
     encoder.finish()
 }
@@ -494,8 +495,8 @@ mod tests {
         let data = b"initramfs".repeat(1000);
         let a = gzip(&data).unwrap();
         assert_eq!(a, gzip(&data).unwrap());
-        // Header: magic, deflate, no flags, mtime 0, xfl 2 (best), OS 3.
-        assert_eq!(&a[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]);
+        // Header: magic, deflate, no flags, mtime 0, xfl 0 (default level), OS 3 (Unix).
+        assert_eq!(&a[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]);
         let mut back = Vec::new();
         flate2::read::GzDecoder::new(a.as_slice())
             .read_to_end(&mut back)

@@ -374,7 +374,8 @@ fn tiny_guest_boots_and_honours_its_contract() -> Result<()> {
     assert_eq!(agent.call(json!({"execute": "guest-ping"}))?, json!({}));
 
     // The console shell runs what is typed; $((6*7)) proves the output is the shell's, not
-    // the echo of the typed line.
+    // the echo of the typed line. The prompt follows the readiness line.
+    vm.wait_console(":~# ", 0, Duration::from_secs(20))?;
     let mark = vm.console_len();
     vm.type_line("echo console-$((6*7))-ok")?;
     vm.wait_console("console-42-ok", mark, Duration::from_secs(20))?;
@@ -389,6 +390,14 @@ fn tiny_guest_boots_and_honours_its_contract() -> Result<()> {
     let route = agent.shell("ip route show default")?;
     assert!(route.contains("via 10.0.2.2"), "{route}");
     agent.shell("echo persisted > /data/marker")?;
+    // /sbin/shutdown refuses what it cannot do instead of powering off.
+    let cancel = agent.exec("/sbin/shutdown", &["-c"])?;
+    assert_eq!(cancel.exit_code, 1, "{}", cancel.stderr);
+    assert!(
+        cancel.stderr.contains("usage: shutdown"),
+        "{}",
+        cancel.stderr
+    );
     assert_eq!(agent.shell("hostname")?, "vireo-tiny\n");
 
     let powerdown_at = Instant::now();
