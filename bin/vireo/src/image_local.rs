@@ -77,6 +77,9 @@ pub enum ImageLocalCmd {
         /// Do not show a progress bar.
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// Flush the output to disk before renaming it into place (qemu-img does not).
+        #[arg(long)]
+        sync: bool,
         #[command(flatten)]
         qcow2: Qcow2Args,
     },
@@ -199,12 +202,14 @@ pub fn run(cmd: ImageLocalCmd) -> anyhow::Result<i32> {
             compress,
             threads,
             quiet,
+            sync,
             qcow2,
         } => {
             let format = parse_format(&out_format)?;
             let mut opts = ConvertOptions::new(format);
             opts.compress = compress;
             opts.threads = threads;
+            opts.sync = sync;
             opts.spec = CreateSpec {
                 backing: None,
                 qcow2: qcow2_options(&qcow2)?,

@@ -47,6 +47,9 @@ pub struct ConvertOptions {
     pub threads: usize,
     pub limits: Limits,
     pub policy: PathPolicy,
+    /// Flush the output to stable storage before renaming it into place. `qemu-img convert`
+    /// does not (its target cache mode is "unsafe"); the library default is to sync.
+    pub sync: bool,
 }
 
 impl ConvertOptions {
@@ -58,6 +61,7 @@ impl ConvertOptions {
             threads: 0,
             limits: Limits::default(),
             policy: PathPolicy::default(),
+            sync: true,
         }
     }
 }
@@ -121,7 +125,7 @@ pub fn convert_with(
     if cancel.load(Ordering::Relaxed) {
         return Err(ImageError::Cancelled);
     }
-    target.commit()?;
+    target.commit(opts.sync)?;
     tracing::info!(src = %src.display(), dst = %dst.display(), format = %opts.format, "converted image");
     Ok(stats)
 }

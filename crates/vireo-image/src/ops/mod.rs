@@ -64,12 +64,15 @@ impl TempTarget {
         &self.tmp
     }
 
-    /// Syncs the finished temporary file and renames it over the destination.
-    pub(crate) fn commit(mut self) -> Result<(), ImageError> {
-        let f = std::fs::File::open(&self.tmp)
-            .map_err(|e| ImageError::io(format!("opening {}", self.tmp.display()), e))?;
-        f.sync_all()
-            .map_err(|e| ImageError::io(format!("syncing {}", self.tmp.display()), e))?;
+    /// Renames the finished temporary file over the destination; with `sync`, first flushes
+    /// it to stable storage (so a crash cannot leave a renamed but incomplete file).
+    pub(crate) fn commit(mut self, sync: bool) -> Result<(), ImageError> {
+        if sync {
+            let f = std::fs::File::open(&self.tmp)
+                .map_err(|e| ImageError::io(format!("opening {}", self.tmp.display()), e))?;
+            f.sync_all()
+                .map_err(|e| ImageError::io(format!("syncing {}", self.tmp.display()), e))?;
+        }
         std::fs::rename(&self.tmp, &self.dst).map_err(|e| {
             ImageError::io(
                 format!("renaming {} to {}", self.tmp.display(), self.dst.display()),
@@ -126,7 +129,7 @@ pub fn create_with(
     let target = TempTarget::new(path)?;
     let sink = new_sink(target.path(), path, format, size, spec)?;
     sink.finish()?;
-    target.commit()
+    target.commit(true)
 }
 
 /// Opens the backing file named in `spec` relative to the image at `image_path`.
