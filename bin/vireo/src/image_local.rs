@@ -459,7 +459,7 @@ fn print_map(
     let mut first = true;
     match output {
         LocalOutput::Json => writeln!(w, "[")?,
-        LocalOutput::Table => writeln!(w, "{:<20} {:<20} {}", "Offset", "Length", "Kind")?,
+        LocalOutput::Table => writeln!(w, "{:<20} {:<20} Kind", "Offset", "Length")?,
     }
     ops::map(file, limits, policy, &mut |e| {
         let r = match output {
