@@ -190,10 +190,7 @@ impl Hypervisor for QemuHypervisor {
             vm: req.name.clone(),
             detail: crate::error::chain(&e),
         })?;
-        match QemuMachine::attach(req, process, false).await {
-            Ok(m) => Ok(m),
-            Err(e) => Err(e),
-        }
+        QemuMachine::attach(req, process, false).await
     }
 
     async fn adopt(&self, req: &LaunchRequest, pid: u32) -> Result<Arc<dyn Machine>, HvError> {
@@ -380,7 +377,6 @@ impl QemuMachine {
             }
             m.mark_exited();
         });
-        let _ = weak;
     }
 
     fn mark_exited(&self) {

@@ -105,7 +105,7 @@ pub async fn events(
             tokio::select! {
                 ev = rx.recv() => match ev {
                     Ok(ev) => {
-                        if kinds.as_ref().is_some_and(|k| !k.iter().any(|k| *k == ev.kind)) {
+                        if kinds.as_ref().is_some_and(|k| !k.contains(&ev.kind)) {
                             continue;
                         }
                         let Ok(text) = serde_json::to_string(&ev) else { continue };
