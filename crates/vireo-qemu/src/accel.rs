@@ -148,15 +148,18 @@ pub async fn qemu_version(qemu_bin: &Path) -> Option<String> {
 }
 
 /// The argv of the probe guest: the kernel alone, serial console on stdout, no reboot.
-pub fn probe_argv(qemu_bin: &Path, kernel: &Path) -> Vec<String> {
+pub fn probe_argv(qemu_bin: &Path, kernel: &Path, accel: Accel) -> Vec<String> {
     [
         qemu_bin.to_string_lossy().as_ref(),
         "-machine",
         "q35",
         "-accel",
-        "kvm",
+        accel.as_str(),
         "-cpu",
-        "host",
+        match accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        },
         "-smp",
         "1",
         "-m",
@@ -197,13 +200,16 @@ fn keep_tail(buf: &mut Vec<u8>) {
     }
 }
 
-/// Result of booting the probe kernel under KVM: Ok(detail) if it reached late boot.
-async fn boot_under_kvm(
+/// Boots `kernel` (no initrd) under `accel` and watches the serial console for a
+/// [`LATE_BOOT_MARKERS`] line. `Ok` describes the success, `Err` why the boot did not get
+/// there. The guest is killed before this returns.
+pub async fn boot_check(
     qemu_bin: &Path,
     kernel: &Path,
+    accel: Accel,
     timeout: Duration,
 ) -> Result<String, String> {
-    let argv = probe_argv(qemu_bin, kernel);
+    let argv = probe_argv(qemu_bin, kernel, accel);
     let started = Instant::now();
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
@@ -229,7 +235,8 @@ async fn boot_under_kvm(
                     console.extend_from_slice(&out_chunk[..n]);
                     if let Some(marker) = late_boot_marker(&String::from_utf8_lossy(&console)) {
                         break Ok(format!(
-                            "a kernel booted under KVM (console showed {marker:?} after {} ms)",
+                            "a kernel booted under {} (console showed {marker:?} after {} ms)",
+                            accel.as_str().to_uppercase(),
                             started.elapsed().as_millis()
                         ));
                     }
@@ -246,13 +253,14 @@ async fn boot_under_kvm(
             status = child.wait(), if !out_open && !err_open => {
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 break Err(format!(
-                    "QEMU with -accel kvm exited ({status}) before the kernel reached late boot: {}",
+                    "QEMU with -accel {accel} exited ({status}) before the kernel reached late boot: {}",
                     last_line(if errors.is_empty() { &console } else { &errors })
                 ));
             }
             _ = &mut deadline => {
                 break Err(format!(
-                    "a kernel under KVM did not reach late boot within {} s (last console line: {:?})",
+                    "a kernel under {} did not reach late boot within {} s (last console line: {:?})",
+                    accel.as_str().to_uppercase(),
                     timeout.as_secs(),
                     last_line(&console)
                 ));
@@ -285,7 +293,7 @@ pub async fn probe_with_device(
             format!("{} does not exist; using TCG", kvm_device.display()),
         )
     } else {
-        match boot_under_kvm(qemu_bin, kernel, timeout).await {
+        match boot_check(qemu_bin, kernel, Accel::Kvm, timeout).await {
             Ok(detail) => (Accel::Kvm, true, detail),
             Err(reason) => (Accel::Tcg, false, format!("{reason}; using TCG")),
         }

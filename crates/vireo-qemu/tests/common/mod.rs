@@ -88,10 +88,17 @@ pub fn test_kernel() -> PathBuf {
     }
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vireo-qemu-kernel");
     let tree = cache.join("tree");
+    std::fs::create_dir_all(&cache).unwrap();
+    // Tests run concurrently (threads and processes): one downloads, the others wait.
+    let lock = std::fs::File::create(cache.join(".lock")).unwrap();
+    // SAFETY: flock(2) on a descriptor we own; released when `lock` is closed.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
     if let Some(k) = find_vmlinuz(&tree.join("boot")) {
         return k;
     }
-    std::fs::create_dir_all(&cache).unwrap();
     let deps = Command::new("apt-cache")
         .args(["depends", "linux-image-cloud-amd64"])
         .output()
