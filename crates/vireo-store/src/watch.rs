@@ -130,8 +130,7 @@ impl Watch {
 impl WatchSender {
     /// Queues the events of one revision, all or nothing, without waiting.
     pub fn offer(&self, batch: Vec<WatchEvent>) -> Offer {
-        // Capacity only grows while we hold the only sender, so this check is race-free and
-        // the batch is queued as one item anyway.
+        // A batch is one channel item, so a revision is delivered whole or not at all.
         match self.tx.try_send(batch) {
             Ok(()) => Offer::Delivered,
             Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
