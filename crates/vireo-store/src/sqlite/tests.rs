@@ -335,15 +335,15 @@ async fn dropping_the_store_closes_watches() {
 #[tokio::test]
 async fn leased_keys_vanish_when_the_lease_expires() {
     let store = memory();
-    let lease = store.lease_grant(Duration::from_millis(200)).await.unwrap();
-    assert_eq!(lease.ttl, Duration::from_millis(200));
+    let lease = store.lease_grant(Duration::from_millis(500)).await.unwrap();
+    assert_eq!(lease.ttl, Duration::from_millis(500));
     store
         .put_with_lease("/nodes/n1", b"up".to_vec(), lease.id)
         .await
         .unwrap();
     store.put("/nodes/n2", b"static".to_vec()).await.unwrap();
     let ttl = store.lease_time_to_live(lease.id).await.unwrap().unwrap();
-    assert!(ttl <= Duration::from_millis(200));
+    assert!(ttl <= Duration::from_millis(500));
     let kv = store.get("/nodes/n1").await.unwrap().unwrap();
     assert_eq!(kv.lease, Some(lease.id));
 
@@ -366,7 +366,7 @@ async fn leased_keys_vanish_when_the_lease_expires() {
 #[tokio::test]
 async fn keep_alive_extends_and_revoke_deletes_at_once() {
     let store = memory();
-    let lease = store.lease_grant(Duration::from_millis(300)).await.unwrap();
+    let lease = store.lease_grant(Duration::from_secs(1)).await.unwrap();
     store
         .put_with_lease("/a", b"1".to_vec(), lease.id)
         .await
@@ -375,12 +375,12 @@ async fn keep_alive_extends_and_revoke_deletes_at_once() {
         .put_with_lease("/b", b"2".to_vec(), lease.id)
         .await
         .unwrap();
-    // Five renewals 100 ms apart outlive the 300 ms TTL by far.
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // Six renewals 250 ms apart outlive the 1 s TTL.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(
             store.lease_keep_alive(lease.id).await.unwrap(),
-            Duration::from_millis(300)
+            Duration::from_secs(1)
         );
     }
     assert!(store.get("/a").await.unwrap().is_some());
@@ -428,7 +428,7 @@ async fn state_persists_across_reopen() {
             .put_with_lease("/leased", b"l".to_vec(), long_lease.id)
             .await
             .unwrap();
-        let short = store.lease_grant(Duration::from_millis(50)).await.unwrap();
+        let short = store.lease_grant(Duration::from_millis(300)).await.unwrap();
         store
             .put_with_lease("/short", b"s".to_vec(), short.id)
             .await
@@ -436,7 +436,7 @@ async fn state_persists_across_reopen() {
         // Close before the short lease expires so that expiry has to happen at open.
         drop(store);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let store = SqliteStore::open(dir.path()).unwrap();
     assert!(store.get("/short").await.unwrap().is_none());
     // 6 writes before closing, then the expiry of the short lease at open.
