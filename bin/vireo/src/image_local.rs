@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use vireo_image::ops::{self, CheckOutcome, CompareOutcome, ConvertOptions, CreateSpec, ImageInfo};
 use vireo_image::qcow2::{CompressionType, CreateOptions, Preallocation};
+use vireo_image::vmdk::VmdkSubformat;
 use vireo_image::{Format, Limits, PathPolicy};
 
 /// Output style of the local image commands.
@@ -38,9 +39,9 @@ pub enum PreallocationArg {
     Metadata,
 }
 
-/// Options shared by commands that write qcow2.
+/// Output-format options shared by `convert` and `create`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Qcow2Args {
+pub struct FormatArgs {
     /// qcow2 compatibility level: 1.1 (version 3) or 0.10 (version 2).
     #[arg(long, default_value = "1.1", value_parser = ["1.1", "0.10", "v3", "v2"])]
     pub compat: String,
@@ -50,6 +51,9 @@ pub struct Qcow2Args {
     /// Codec for compressed qcow2 clusters.
     #[arg(long, value_enum, default_value_t)]
     pub compression_type: CompressionArg,
+    /// VMDK variant: monolithicSparse or streamOptimized (compressed, for OVA).
+    #[arg(long, default_value = "monolithicSparse", value_parser = ["monolithicSparse", "streamOptimized"])]
+    pub subformat: String,
 }
 
 /// Local image commands.
@@ -81,7 +85,7 @@ pub enum ImageLocalCmd {
         #[arg(long)]
         sync: bool,
         #[command(flatten)]
-        qcow2: Qcow2Args,
+        qcow2: FormatArgs,
     },
     /// Create an empty image.
     Create {
@@ -98,7 +102,7 @@ pub enum ImageLocalCmd {
         #[arg(long)]
         lazy_refcounts: bool,
         #[command(flatten)]
-        qcow2: Qcow2Args,
+        qcow2: FormatArgs,
     },
     /// Check image metadata (exit 0 clean, 2 corrupt, 3 leaks, 63 not supported).
     Check {
@@ -161,7 +165,7 @@ fn parse_format(name: &str) -> anyhow::Result<Format> {
     Format::from_qemu_name(name).with_context(|| format!("unknown image format {name:?}"))
 }
 
-fn qcow2_options(args: &Qcow2Args) -> anyhow::Result<CreateOptions> {
+fn qcow2_options(args: &FormatArgs) -> anyhow::Result<CreateOptions> {
     let cluster = vireo_types::size::parse_size(&args.cluster_size)?;
     if !cluster.is_power_of_two() || !(512..=(2 << 20)).contains(&cluster) {
         anyhow::bail!("cluster size must be a power of two from 512 B to 2 MiB");
@@ -179,6 +183,14 @@ fn qcow2_options(args: &Qcow2Args) -> anyhow::Result<CreateOptions> {
         },
         ..CreateOptions::default()
     })
+}
+
+fn vmdk_subformat(args: &FormatArgs) -> VmdkSubformat {
+    if args.subformat == "streamOptimized" {
+        VmdkSubformat::StreamOptimized
+    } else {
+        VmdkSubformat::MonolithicSparse
+    }
 }
 
 /// Runs one local image command and returns the process exit code.
@@ -213,6 +225,7 @@ pub fn run(cmd: ImageLocalCmd) -> anyhow::Result<i32> {
             opts.spec = CreateSpec {
                 backing: None,
                 qcow2: qcow2_options(&qcow2)?,
+                vmdk_subformat: vmdk_subformat(&qcow2),
             };
             let bar = if quiet {
                 indicatif::ProgressBar::hidden()
@@ -263,7 +276,11 @@ pub fn run(cmd: ImageLocalCmd) -> anyhow::Result<i32> {
                 PreallocationArg::Off => Preallocation::Off,
                 PreallocationArg::Metadata => Preallocation::Metadata,
             };
-            let spec = CreateSpec { backing, qcow2: q };
+            let spec = CreateSpec {
+                backing,
+                vmdk_subformat: vmdk_subformat(&qcow2),
+                qcow2: q,
+            };
             ops::create_with(&file, format, size, &spec)
                 .with_context(|| format!("creating {}", file.display()))?;
             Ok(0)

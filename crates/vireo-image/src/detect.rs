@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use crate::device::{BlockSource, Format, Limits, PathPolicy};
 use crate::error::ImageError;
 
-/// Bytes read from the start of a file for probing.
-pub const PROBE_HEAD: usize = 4096;
+/// Bytes read from the start of a file for probing (VMDK descriptors may need 64 KiB).
+pub const PROBE_HEAD: usize = 64 << 10;
 /// Bytes read from the end of a file for probing (fixed VHD footer).
 pub const PROBE_TAIL: usize = 512;
 
@@ -42,30 +42,16 @@ pub fn probe(head: &[u8], tail: &[u8]) -> Probe {
     if head.len() >= 6 && head[..6] == *b"LUKS\xba\xbe" {
         return Probe::Unsupported("LUKS");
     }
-    if head.starts_with(b"vhdxfile") {
+    if crate::vhdx::probe(head) {
         return Probe::Known(Format::Vhdx);
     }
-    if head.starts_with(b"KDMV") || head.starts_with(b"COWD") || is_vmdk_descriptor(head) {
+    if crate::vmdk::probe(head) || head.starts_with(b"COWD") {
         return Probe::Known(Format::Vmdk);
     }
-    if head.starts_with(b"conectix")
-        || (tail.len() >= 512 && tail[tail.len() - 512..].starts_with(b"conectix"))
-    {
+    if crate::vhd::probe(head) || crate::vhd::probe_tail(tail) {
         return Probe::Known(Format::Vhd);
     }
     Probe::Known(Format::Raw)
-}
-
-/// A text VMDK descriptor starts with a comment line naming it, possibly after blank lines.
-fn is_vmdk_descriptor(head: &[u8]) -> bool {
-    let text = &head[..head.len().min(1024)];
-    let Ok(s) = std::str::from_utf8(text.split(|b| *b == 0).next().unwrap_or(&[])) else {
-        return false;
-    };
-    s.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .is_some_and(|l| l.starts_with("# Disk DescriptorFile"))
 }
 
 fn read_probe_bytes(path: &Path) -> Result<(Vec<u8>, Vec<u8>), ImageError> {
@@ -174,11 +160,14 @@ fn open_foreign(
     limits: &Limits,
     policy: &PathPolicy,
 ) -> Result<Box<dyn BlockSource>, ImageError> {
-    let _ = (path, limits, policy);
-    Err(ImageError::Unsupported {
-        format: format.as_str(),
-        detail: "reader not built in yet".into(),
-    })
+    match format {
+        Format::Vmdk => crate::vmdk::open(path, limits, policy),
+        Format::Vhd => crate::vhd::open(path, limits, policy),
+        Format::Vhdx => crate::vhdx::open(path, limits, policy),
+        Format::Raw | Format::Qcow2 => Err(ImageError::InvalidArgument(format!(
+            "{format} is not a foreign format"
+        ))),
+    }
 }
 
 #[cfg(test)]

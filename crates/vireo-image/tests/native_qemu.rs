@@ -579,6 +579,7 @@ fn snapshots_dirty_and_lazy_refcounts() {
             preallocation: Preallocation::Metadata,
             ..CreateOptions::default()
         },
+        ..CreateSpec::default()
     };
     ops::create_with(&lazy, Format::Qcow2, 200 << 20, &spec).unwrap();
     qcheck_clean(&lazy);
@@ -706,4 +707,67 @@ fn cancel_and_errors_leave_no_output() {
     assert!(matches!(r, Err(ImageError::Corrupt { .. })), "{r:?}");
     assert!(!dst.exists());
     assert_eq!(std::fs::read_dir(d).unwrap().count(), 2);
+}
+
+#[test]
+fn foreign_formats_convert_through_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("src.qcow2");
+    qcreate(&src, "qcow2", "", "40M");
+    qio(
+        &src,
+        "qcow2",
+        &[
+            "write -P 0x31 0 3M",
+            "write -P 0 8M 1M",
+            "write -P 0x32 20M 64k",
+        ],
+    );
+    let foreign: &[(&str, &str, &str)] = &[
+        ("sparse.vmdk", "vmdk", "subformat=monolithicSparse"),
+        ("stream.vmdk", "vmdk", "subformat=streamOptimized"),
+        ("dyn.vhdx", "vhdx", ""),
+        ("dyn.vhd", "vpc", "subformat=dynamic"),
+        ("fixed.vhd", "vpc", "subformat=fixed"),
+    ];
+    for (name, fmt, opts) in foreign {
+        let f = d.join(name);
+        let mut args = vec!["convert", "-O", fmt];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend([s(&src), s(&f)]);
+        ok("qemu-img", &args);
+        let detected = vireo_image::detect::detect_format(&f).unwrap();
+        assert_eq!(detected.as_str(), *fmt, "{name}");
+        // qemu probes only the head of a file, so it takes a fixed VHD for raw; we read its
+        // footer. Tell qemu the format explicitly.
+        let info = ops::info(&f, &Limits::default(), &PathPolicy::default()).unwrap();
+        assert_eq!(info.format, *fmt, "{name}");
+        let out = d.join(format!("{name}.qcow2"));
+        convert(&f, &out, &ConvertOptions::new(Format::Qcow2));
+        let cmp = run(
+            "qemu-img",
+            &["compare", "-f", fmt, "-F", "qcow2", s(&f), s(&out)],
+        );
+        assert_eq!(cmp.status.code(), Some(0), "{name}");
+        qcheck_clean(&out);
+    }
+    // And out to VMDK with the VMDK writer.
+    for sub in ["monolithicSparse", "streamOptimized"] {
+        let out = d.join(format!("out-{sub}.vmdk"));
+        let mut o = ConvertOptions::new(Format::Vmdk);
+        o.spec.vmdk_subformat = if sub == "streamOptimized" {
+            vireo_image::vmdk::VmdkSubformat::StreamOptimized
+        } else {
+            vireo_image::vmdk::VmdkSubformat::MonolithicSparse
+        };
+        convert(&src, &out, &o);
+        assert_eq!(qcompare(&src, &out), 0, "{sub}");
+        assert!(
+            qinfo(&out)["format-specific"]["data"]["create-type"] == sub,
+            "{sub}"
+        );
+    }
 }

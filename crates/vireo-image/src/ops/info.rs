@@ -24,15 +24,20 @@ pub struct Qcow2Specific {
     pub extended_l2: bool,
 }
 
-/// `format-specific` as qemu nests it: `{"type": "qcow2", "data": {…}}`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// `format-specific` as qemu nests it: `{"type": "qcow2", "data": {…}}`. Foreign formats
+/// carry their reader's structural description.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "type", content = "data", rename_all = "lowercase")]
 pub enum FormatSpecific {
     Qcow2(Qcow2Specific),
+    Vmdk(serde_json::Value),
+    #[serde(rename = "vpc")]
+    Vhd(serde_json::Value),
+    Vhdx(serde_json::Value),
 }
 
 /// Description of an image and (nested) its backing chain.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ImageInfo {
     pub filename: String,
@@ -112,6 +117,21 @@ pub fn info(path: &Path, limits: &Limits, policy: &PathPolicy) -> Result<ImageIn
         });
     }
     let src = crate::detect::open(path, limits, policy)?;
+    let to_json = |v: Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| ImageError::InvalidArgument(format!("describing {}: {e}", path.display())))
+    };
+    let format_specific = match format {
+        Format::Vmdk => Some(FormatSpecific::Vmdk(to_json(serde_json::to_value(
+            crate::vmdk::describe(path, limits, policy)?,
+        ))?)),
+        Format::Vhd => Some(FormatSpecific::Vhd(to_json(serde_json::to_value(
+            crate::vhd::describe(path, limits, policy)?,
+        ))?)),
+        Format::Vhdx => Some(FormatSpecific::Vhdx(to_json(serde_json::to_value(
+            crate::vhdx::describe(path, limits, policy)?,
+        ))?)),
+        Format::Raw | Format::Qcow2 => None,
+    };
     Ok(ImageInfo {
         filename,
         format: format.as_str().into(),
@@ -123,7 +143,7 @@ pub fn info(path: &Path, limits: &Limits, policy: &PathPolicy) -> Result<ImageIn
         full_backing_filename: None,
         backing_filename_format: None,
         snapshots: Vec::new(),
-        format_specific: None,
+        format_specific,
         backing_image: None,
     })
 }

@@ -27,6 +27,7 @@ use crate::device::{BlockSink, Format, Limits, PathPolicy};
 use crate::error::ImageError;
 use crate::qcow2::{CreateOptions, Qcow2Sink};
 use crate::raw::RawSink;
+use crate::vmdk::VmdkSubformat;
 
 /// A file being produced under a temporary name next to its destination. Dropping it without
 /// [`TempTarget::commit`] deletes the temporary file.
@@ -94,13 +95,25 @@ impl Drop for TempTarget {
 }
 
 /// What to create.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CreateSpec {
     /// Backing file as it should be recorded (relative paths are relative to the new image).
     pub backing: Option<PathBuf>,
     /// qcow2 parameters (version, cluster size, preallocation, lazy refcounts…). The backing
     /// fields are filled from `backing`.
     pub qcow2: CreateOptions,
+    /// VMDK variant to write (qemu's default is monolithicSparse).
+    pub vmdk_subformat: VmdkSubformat,
+}
+
+impl Default for CreateSpec {
+    fn default() -> Self {
+        CreateSpec {
+            backing: None,
+            qcow2: CreateOptions::default(),
+            vmdk_subformat: VmdkSubformat::MonolithicSparse,
+        }
+    }
 }
 
 /// Creates an empty image of `size` bytes (qcow2 or raw). With a backing file (qcow2 only) a
@@ -192,7 +205,15 @@ pub(crate) fn new_sink(
             }
             Ok(Box::new(RawSink::create(file, size)?))
         }
-        Format::Vmdk | Format::Vhd | Format::Vhdx => Err(ImageError::Unsupported {
+        Format::Vmdk => {
+            if spec.backing.is_some() {
+                return Err(ImageError::InvalidArgument(
+                    "VMDK output with a backing file is not supported".into(),
+                ));
+            }
+            crate::vmdk::create_sink(file, size, spec.vmdk_subformat)
+        }
+        Format::Vhd | Format::Vhdx => Err(ImageError::Unsupported {
             format: format.as_str(),
             detail: "writing this format".into(),
         }),
