@@ -24,7 +24,7 @@ impl ImageBuilder for TinyBuilder {
             out_dir: out_dir.to_path_buf(),
             progress: Some(&report),
         })?;
-        Ok(BuiltImage {
+        Ok(BuiltImage::Kernel {
             kernel: img.kernel,
             initrd: img.initrd,
             cmdline: img.cmdline,

@@ -21,7 +21,7 @@ impl ImageBuilder for FakeBuilder {
         progress("writing fake kernel");
         std::fs::write(out.join("vmlinuz"), b"kernel")?;
         std::fs::write(out.join("initrd.img"), b"initrd")?;
-        Ok(BuiltImage {
+        Ok(BuiltImage::Kernel {
             kernel: out.join("vmlinuz"),
             initrd: out.join("initrd.img"),
             cmdline: "console=ttyS0".into(),
