@@ -45,3 +45,42 @@ pub fn open_image(
 ) -> Result<Qcow2Image, ImageError> {
     Qcow2Image::open_in_chain(path, limits, policy, &mut ChainContext::new_with(path)?)
 }
+
+/// Runs every read path of the qcow2 code over the file at `path` and checks the invariants
+/// of what comes back (extents are non-empty, contiguous and inside the disk), ignoring
+/// errors: the shared body of the fuzz target and the mutation tests. Work is bounded (at
+/// most 4096 extents, 64 KiB read per extent).
+#[doc(hidden)]
+pub fn exercise(path: &Path, limits: &Limits, policy: &PathPolicy) {
+    let _ = check(path, limits);
+    let Ok(img) = open_image(path, limits, policy) else {
+        return;
+    };
+    let size = img.virtual_size();
+    let unit = img.allocation_unit();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0u64;
+    for _ in 0..4096 {
+        if pos >= size {
+            break;
+        }
+        match img.extent_at(pos) {
+            Ok(e) => {
+                assert_eq!(e.offset, pos, "extent starts where asked");
+                assert!(
+                    e.length >= 1 && e.length <= size - pos,
+                    "extent inside the disk"
+                );
+                if e.kind != crate::device::ExtentKind::Zero {
+                    let n = e.length.min(buf.len() as u64) as usize;
+                    let _ = img.read_at(&mut buf[..n], pos);
+                }
+                pos += e.length;
+            }
+            Err(_) => pos = (pos / unit + 1) * unit,
+        }
+    }
+    let _ = img.snapshots().len();
+    let end = size.saturating_sub(1);
+    let _ = img.read_at(&mut buf[..1.min(size as usize)], end);
+}
