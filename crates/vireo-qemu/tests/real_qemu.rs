@@ -246,6 +246,73 @@ async fn uefi_disk_boot_with_two_disks_and_two_nics_runs() {
     assert_eq!(status, ExitStatus::Exited(0));
 }
 
+// Multi-threaded: the drain task must run while this test blocks in `wait_until`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_boot_console_reaches_socket_and_log() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunPaths::new(dir.path());
+    let spec = VmSpec {
+        vcpus: 1,
+        memory_mib: 256,
+        boot: BootSource::Kernel {
+            kernel: test_kernel(),
+            initrd: None,
+            // No initrd: the kernel boots until it cannot mount a root filesystem.
+            cmdline: "console=ttyS0".into(),
+        },
+        disks: vec![],
+        nics: vec![],
+    };
+    let qemu = start(dir.path(), &spec, Uuid::new_v4()).await;
+    // The daemon's console connection: boot messages stream over the socket.
+    let mut console = tokio::net::UnixStream::connect(run.serial_socket())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&seen).contains("Linux version") {
+        assert!(
+            Instant::now() < deadline,
+            "no kernel banner on the console socket"
+        );
+        let n = tokio::time::timeout(Duration::from_secs(60), console.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "console socket closed");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // A client going away does not stop the console: a new one can attach (daemon restart)
+    // and the log keeps everything, including output produced while nobody was connected.
+    // (A connected client must keep reading: QEMU applies backpressure and the guest's
+    // console output stalls otherwise.)
+    drop(console);
+    let mut again = tokio::net::UnixStream::connect(run.serial_socket())
+        .await
+        .unwrap();
+    let drain = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = again.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    wait_until("late boot in console.log", Duration::from_secs(60), || {
+        let log = std::fs::read(run.console_log()).unwrap_or_default();
+        vireo_qemu::accel::late_boot_marker(&String::from_utf8_lossy(&log)).is_some()
+    });
+    let log = String::from_utf8_lossy(&std::fs::read(run.console_log()).unwrap()).into_owned();
+    assert!(log.contains("Linux version"));
+    qemu.kill().unwrap();
+    drain.abort();
+    tokio::time::timeout(Duration::from_secs(2), qemu.exited())
+        .await
+        .unwrap();
+}
+
 /// Helper run in a separate process by `qemu_survives_sigkill_of_the_daemon_group`: plays the
 /// daemon, starts QEMU, reports its pid and waits to be killed.
 #[tokio::test]

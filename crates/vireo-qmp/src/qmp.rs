@@ -293,11 +293,14 @@ struct Connection {
     reader: AbortHandle,
     greeting: Greeting,
     options: QmpOptions,
+    shared: Arc<Shared>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
+        // Watchers obtained through `closed_watch` outlive the clients; tell them.
+        self.shared.mark_closed();
     }
 }
 
@@ -377,6 +380,7 @@ impl QmpClient {
             reader: task.abort_handle(),
             greeting,
             options,
+            shared: shared.clone(),
         });
         QmpClient { shared, conn }
     }

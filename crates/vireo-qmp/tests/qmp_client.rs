@@ -291,3 +291,25 @@ async fn commands_before_negotiation_are_refused_by_the_fake() {
     }
     assert!(String::from_utf8_lossy(&got).contains("\"id\":1"));
 }
+
+#[tokio::test]
+async fn dropping_the_last_client_closes_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeQmpServer::start_vm(sock(&dir)).await.unwrap();
+    let qmp = QmpClient::connect(server.path()).await.unwrap();
+    let mut watch = qmp.closed_watch();
+    let clone = qmp.clone();
+    drop(qmp);
+    assert!(
+        !*watch.borrow_and_update(),
+        "a clone still holds the session"
+    );
+    drop(clone);
+    tokio::time::timeout(Duration::from_secs(2), watch.wait_for(|c| *c))
+        .await
+        .unwrap()
+        .unwrap();
+    // The server sees the hang-up and accepts the next client.
+    let again = QmpClient::connect(server.path()).await.unwrap();
+    assert!(again.query_status().await.unwrap().running);
+}
