@@ -39,6 +39,10 @@ async fn spawned_qemu_is_detached_supervised_and_reaped() {
     let run = RunPaths::new(dir.path());
     let uuid = Uuid::new_v4();
     let qemu = start(dir.path(), &bios_vm(dir.path()), uuid).await;
+    let _guard = KillOnDrop {
+        pid: qemu.pid(),
+        uuid,
+    };
     let pid = qemu.pid();
     assert!(qemu.is_child());
     assert_eq!(process::read_pidfile(&run.pidfile()).unwrap(), pid);
@@ -97,6 +101,10 @@ async fn adopt_verifies_identity() {
     let dir = tempfile::tempdir().unwrap();
     let uuid = Uuid::new_v4();
     let qemu = start(dir.path(), &bios_vm(dir.path()), uuid).await;
+    let _guard = KillOnDrop {
+        pid: qemu.pid(),
+        uuid,
+    };
     let pid = qemu.pid();
 
     let adopted = process::adopt(pid, uuid).unwrap();
@@ -202,6 +210,10 @@ async fn uefi_disk_boot_with_two_disks_and_two_nics_runs() {
     let qemu = process::spawn(&argv, &run.qemu_log(), &run.pidfile(), &run.qmp_socket())
         .await
         .unwrap();
+    let _guard = KillOnDrop {
+        pid: qemu.pid(),
+        uuid: ctx.uuid,
+    };
     let qmp = QmpClient::connect(run.qmp_socket()).await.unwrap();
     let status = qmp.query_status().await.unwrap();
     assert_eq!((status.running, status.status), (true, RunState::Running));
@@ -264,7 +276,12 @@ async fn kernel_boot_console_reaches_socket_and_log() {
         disks: vec![],
         nics: vec![],
     };
-    let qemu = start(dir.path(), &spec, Uuid::new_v4()).await;
+    let uuid = Uuid::new_v4();
+    let qemu = start(dir.path(), &spec, uuid).await;
+    let _guard = KillOnDrop {
+        pid: qemu.pid(),
+        uuid,
+    };
     // The daemon's console connection: boot messages stream over the socket.
     let mut console = tokio::net::UnixStream::connect(run.serial_socket())
         .await
@@ -346,6 +363,7 @@ async fn qemu_survives_sigkill_of_the_daemon_group() {
         ready.exists()
     });
     let pid: u32 = std::fs::read_to_string(&ready).unwrap().parse().unwrap();
+    let _guard = KillOnDrop { pid, uuid };
 
     // Kill the whole "daemon" process group, as a service manager would.
     // SAFETY: kill(2) on the helper's process group, which we created.

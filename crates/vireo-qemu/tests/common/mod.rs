@@ -144,3 +144,22 @@ fn find_vmlinuz(boot: &Path) -> Option<PathBuf> {
                 .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
         })
 }
+
+/// Kills the QEMU with `pid` when dropped if it still runs the VM `uuid`: QEMU runs in its own
+/// session, so a failing test would otherwise leave it running.
+pub struct KillOnDrop {
+    pub pid: u32,
+    pub uuid: Uuid,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", self.pid)) else {
+            return;
+        };
+        if vireo_qemu::process::check_cmdline(self.pid, &cmdline, self.uuid).is_ok() {
+            // SAFETY: kill(2) on a process verified to be this test's QEMU.
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        }
+    }
+}
