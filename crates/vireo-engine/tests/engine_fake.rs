@@ -405,7 +405,6 @@ async fn bad_requests_change_nothing() {
             .unwrap(),
     )
     .await;
-    let before = vm_dirs(env.dir.path());
     let mut zero = create_req("z", false);
     zero.vcpus = Some(0);
     let mut huge = create_req("h", false);
@@ -414,6 +413,18 @@ async fn bad_requests_change_nothing() {
     noimg.image = name("nope");
     let mut badnet = create_req("b", false);
     badnet.networks = Some(vec![name("lan")]);
+    // A create in flight reserves its name.
+    let racing = e
+        .create_vm(None, create_req("racer", false), "t")
+        .await
+        .unwrap();
+    let err = e
+        .create_vm(None, create_req("racer", false), "t")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    wait(e, &racing).await;
+    let before = vm_dirs(env.dir.path());
     let mut firmware = create_req("f", false);
     firmware.firmware = Some(vireo_types::Firmware::Uefi);
     let cases: Vec<(CreateVmRequest, &str)> = vec![
@@ -432,7 +443,7 @@ async fn bad_requests_change_nothing() {
         );
     }
     assert_eq!(vm_dirs(env.dir.path()), before);
-    assert_eq!(e.list_vms(None).await.unwrap().len(), 1);
+    assert_eq!(e.list_vms(None).await.unwrap().len(), 2);
     let err = e.list_vms(Some(&name("nosuchproject"))).await.unwrap_err();
     assert!(matches!(err, EngineError::NotFound { .. }));
 }

@@ -15,20 +15,31 @@ use anyhow::{bail, Context};
 
 /// Root of the repository (for locating built binaries).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap_or_else(|_| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from("."))
 }
 
 /// A built binary of this workspace (`cargo build --bins` must have run; scripts/test.sh does).
 pub fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
     let p = target.join("debug").join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --bins` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        p.display()
+    );
     p
 }
 
 /// Shared cache for guest artefacts.
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("VIREO_TEST_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/vireo-test"))
+    std::env::var_os("VIREO_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/vireo-test"))
 }
 
 /// Options for a test daemon.
@@ -42,7 +53,10 @@ pub struct DaemonOptions {
 
 impl Default for DaemonOptions {
     fn default() -> Self {
-        DaemonOptions { accel: "tcg".into(), listen: None }
+        DaemonOptions {
+            accel: "tcg".into(),
+            listen: None,
+        }
     }
 }
 
@@ -62,7 +76,11 @@ impl TestDaemon {
     pub fn start_with(opts: DaemonOptions) -> anyhow::Result<Self> {
         // Short paths: unix socket paths are limited to 107 bytes.
         let dir = tempfile::Builder::new().prefix("vt").tempdir_in("/tmp")?;
-        let mut d = TestDaemon { dir, child: None, opts };
+        let mut d = TestDaemon {
+            dir,
+            child: None,
+            opts,
+        };
         d.write_config()?;
         d.spawn()?;
         Ok(d)
@@ -98,7 +116,10 @@ impl TestDaemon {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
         let child = Command::new(binary("vireod"))
             .arg("--config")
             .arg(self.dir.path().join("vireod.toml"))
@@ -157,7 +178,11 @@ impl TestDaemon {
             .env_remove("VIREO_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => panic!("running vireo: {e}"),
@@ -167,7 +192,9 @@ impl TestDaemon {
                 let _ = si.write_all(data);
             }
         }
-        child.wait_with_output().unwrap_or_else(|e| panic!("waiting for vireo: {e}"))
+        child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("waiting for vireo: {e}"))
     }
 
     /// Runs the CLI and asserts success; returns stdout.
@@ -190,7 +217,9 @@ impl TestDaemon {
         let mut full = vec!["--output", "json"];
         full.extend_from_slice(args);
         let out = self.ok(&full);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("vireo {} printed invalid JSON ({e}): {out}", args.join(" ")))
+        serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!("vireo {} printed invalid JSON ({e}): {out}", args.join(" "))
+        })
     }
 
     /// Builds (or finds) the tiny image in this daemon.
@@ -201,7 +230,12 @@ impl TestDaemon {
     }
 
     /// Polls `vireo vm show NAME` until `pred` holds or `timeout` passes.
-    pub fn wait_vm(&self, name: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_vm(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.json(&["vm", "show", name]);
@@ -247,7 +281,10 @@ impl Drop for TestDaemon {
             let dir = self.state_dir();
             let needle = dir.as_os_str().as_encoded_bytes();
             if cmdline.windows(needle.len()).any(|w| w == needle) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -260,12 +297,22 @@ pub fn tail(s: &str, n: usize) -> String {
 }
 
 /// Minimal HTTP/1.1 client over a unix socket for raw API tests (hostile bodies included).
-pub fn http_unix(sock: &Path, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (u16, String) {
+pub fn http_unix(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     use std::io::Read;
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap_or_else(|e| panic!("connecting {}: {e}", sock.display()));
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("connecting {}: {e}", sock.display()));
     s.set_read_timeout(Some(Duration::from_secs(60))).ok();
     let body = body.unwrap_or("");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: vireo\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: vireo\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     if !body.is_empty() {
         req.push_str("Content-Type: application/json\r\n");
     }
@@ -274,20 +321,34 @@ pub fn http_unix(sock: &Path, method: &str, path: &str, body: Option<&str>, head
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap_or_else(|e| panic!("writing request: {e}"));
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("writing request: {e}"));
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     (status, body)
 }
 
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((len, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

@@ -74,7 +74,26 @@ struct Inner {
     builders: HashMap<String, Arc<dyn ImageBuilder>>,
     /// Actors by (project, name).
     vms: Mutex<HashMap<(String, String), VmHandle>>,
+    /// Names of VMs whose create operation is running (reserved, not yet in `vms`).
+    creating: Mutex<std::collections::HashSet<(String, String)>>,
     started: std::time::Instant,
+}
+
+/// Holds a VM name while its create operation runs; released on drop.
+struct NameReservation {
+    engine: Engine,
+    key: (String, String),
+}
+
+impl Drop for NameReservation {
+    fn drop(&mut self) {
+        self.engine
+            .inner
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 /// Cheap-to-clone engine handle.
@@ -119,6 +138,7 @@ impl Engine {
                 ops,
                 builders,
                 vms: Mutex::new(HashMap::new()),
+                creating: Mutex::new(std::collections::HashSet::new()),
                 started: std::time::Instant::now(),
             }),
         };
@@ -251,6 +271,26 @@ impl Engine {
             return Err(not_found("project", p));
         }
         Ok(p.to_string())
+    }
+
+    /// Reserves `name` in `project` for a create, or fails when it is taken or being created.
+    fn reserve_name(&self, project: &str, name: &str) -> Result<NameReservation> {
+        let key = (project.to_string(), name.to_string());
+        let vms = self.lock_vms();
+        let mut creating = self
+            .inner
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if vms.contains_key(&key) || !creating.insert(key.clone()) {
+            return Err(EngineError::Conflict(format!(
+                "VM {name:?} already exists in project {project:?}"
+            )));
+        }
+        Ok(NameReservation {
+            engine: self.clone(),
+            key,
+        })
     }
 
     fn handle(&self, project: &str, name: &str) -> Result<VmHandle> {

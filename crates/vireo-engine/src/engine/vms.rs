@@ -111,12 +111,7 @@ impl Engine {
         requestor: &str,
     ) -> Result<Operation> {
         let p = self.project(project).await?;
-        if self.handle(&p, req.name.as_str()).is_ok() {
-            return Err(EngineError::Conflict(format!(
-                "VM {:?} already exists in project {p:?}",
-                req.name.as_str()
-            )));
-        }
+        let reservation = self.reserve_name(&p, req.name.as_str())?;
         let image = self
             .inner
             .db
@@ -318,6 +313,7 @@ impl Engine {
             let res = engine
                 .create_vm_work(&op2, record, backing, disk_bytes, start, &requestor)
                 .await;
+            drop(reservation);
             match res {
                 Ok(()) => op2.succeed().await,
                 Err(e) => {
