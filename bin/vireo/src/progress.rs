@@ -40,23 +40,18 @@ pub fn interactive() -> bool {
     std::io::stderr().is_terminal()
 }
 
-fn bar(message: String) -> ProgressBar {
-    let bar = ProgressBar::new(100);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{elapsed}] {wide_bar} {pos:>3}%")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_message(message);
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
+/// Template while an operation reports no percentage.
+const SPINNER_TEMPLATE: &str = "{spinner} [{elapsed}] {wide_msg}";
+/// Template once it does; `wide_msg` is cut to the terminal width so lines never wrap.
+const BAR_TEMPLATE: &str = "{spinner} [{elapsed}] {bar:30} {pos:>3}% {wide_msg}";
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
 fn spinner(message: String) -> ProgressBar {
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
+    let spinner = ProgressBar::new(100);
+    spinner.set_style(style(SPINNER_TEMPLATE));
     spinner.set_message(message);
     spinner.enable_steady_tick(Duration::from_millis(120));
     spinner
@@ -96,10 +91,15 @@ pub async fn wait_operation(
     }
     let done = if interactive() {
         let label = format!("{} {}", op.kind, op.target);
-        let bar = bar(label.clone());
+        let bar = spinner(label.clone());
+        let mut showing_bar = false;
         let result = client
             .watch_operation(op.id, timeout, |current| {
                 if let Some(p) = current.progress.percent {
+                    if !showing_bar {
+                        bar.set_style(style(BAR_TEMPLATE));
+                        showing_bar = true;
+                    }
                     bar.set_position(p.clamp(0.0, 100.0) as u64);
                 }
                 match &current.progress.stage {
