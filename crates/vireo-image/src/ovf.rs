@@ -579,8 +579,40 @@ fn esc(s: &str) -> String {
     quick_xml::escape::escape(s).into_owned()
 }
 
+/// `d` with every field [`render`] would otherwise default filled in (hardware family
+/// `vmx-13`, OS id 1 "Other", SCSI `lsilogic` or SATA `vmware.sata.ahci` controllers, disk
+/// addresses in order, `VmxNet3` NICs, every NIC's network listed), so that what an export
+/// returns equals what parsing its envelope gives back.
+pub fn with_export_defaults(d: &OvfDescriptor) -> OvfDescriptor {
+    let mut d = d.clone();
+    d.virtual_system_type.get_or_insert_with(|| "vmx-13".into());
+    d.os.cim_id.get_or_insert(1);
+    for (i, disk) in d.disks.iter_mut().enumerate() {
+        let kind = *disk.controller.get_or_insert(ControllerKind::Scsi);
+        if disk.controller_model.is_none() {
+            disk.controller_model = match kind {
+                ControllerKind::Scsi => Some("lsilogic".into()),
+                ControllerKind::Sata => Some("vmware.sata.ahci".into()),
+                ControllerKind::Ide | ControllerKind::Nvme => None,
+            };
+        }
+        disk.address_on_parent.get_or_insert(i as u32);
+    }
+    for nic in &mut d.nics {
+        nic.model.get_or_insert_with(|| "VmxNet3".into());
+        if let Some(n) = &nic.network {
+            if !d.networks.contains(n) {
+                d.networks.push(n.clone());
+            }
+        }
+    }
+    d
+}
+
 /// Renders `d` as an OVF 1.0 envelope (pure; the inverse of [`parse`] for what Vireo exports).
+/// Missing optional fields get the defaults of [`with_export_defaults`].
 pub fn render(d: &OvfDescriptor) -> String {
+    let d = &with_export_defaults(d);
     let mut x = String::new();
     x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     x.push_str("<Envelope xmlns=\"http://schemas.dmtf.org/ovf/envelope/1\" xmlns:ovf=\"http://schemas.dmtf.org/ovf/envelope/1\" xmlns:rasd=\"http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData\" xmlns:vssd=\"http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData\" xmlns:vmw=\"http://www.vmware.com/schema/ovf\" xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\n");
