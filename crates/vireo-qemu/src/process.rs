@@ -315,7 +315,7 @@ pub async fn spawn(
     spawn_with_timeout(argv, log_path, pidfile, qmp_socket, DEFAULT_READY_TIMEOUT).await
 }
 
-/// Starts `argv` (argv[0] is the QEMU binary) in a new session with output appended to
+/// Starts `argv` (`argv[0]` is the QEMU binary) in a new session with output appended to
 /// `log_path`, then waits until `pidfile` names the child and `qmp_socket` accepts a
 /// connection. On early exit or timeout (QEMU is then killed) the error quotes the log.
 pub async fn spawn_with_timeout(

@@ -5,7 +5,7 @@
 //! - [`GuestAgent`]: qemu-guest-agent inside the guest, reached through the host end of its
 //!   virtio-serial chardev socket (readiness, exec, shutdown, guest information).
 //!
-//! [`fake`] holds test doubles that speak the real protocols over unix sockets (enabled for
+//! `fake` holds test doubles that speak the real protocols over unix sockets (enabled for
 //! other crates with the `testing` feature).
 //!
 //! Invariants: every read from either channel is bounded in size (see [`framing`]); every
