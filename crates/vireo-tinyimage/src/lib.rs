@@ -19,9 +19,12 @@
 
 pub mod apt;
 pub mod cpio;
+pub mod disk;
 pub mod host;
 pub mod kmod;
 pub mod rootfs;
+
+pub use disk::{build_disk, DiskBuildOptions, DiskError, TinyDisk};
 
 use std::collections::BTreeSet;
 use std::io::Write;
