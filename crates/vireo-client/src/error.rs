@@ -37,6 +37,13 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the TLS certificate of {remote} (SHA-256 {presented}) does not match the pinned fingerprint"
+    )]
+    PinMismatch {
+        remote: String,
+        presented: crate::tls::Fingerprint,
+    },
     #[error("{method} {path} on {remote} failed")]
     Http {
         remote: String,

@@ -166,6 +166,26 @@ fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsConfigError> {
     Ok(roots)
 }
 
+/// The server presented a certificate other than the pinned one (carried through rustls as
+/// the cause of its certificate error, and turned into
+/// [`crate::ClientError::PinMismatch`] by the transport).
+#[derive(Debug, thiserror::Error)]
+#[error("the server's certificate has SHA-256 fingerprint {presented}, not the pinned one")]
+pub struct PinMismatch {
+    pub presented: Fingerprint,
+}
+
+/// Finds a [`PinMismatch`] inside a failed handshake's I/O error.
+pub(crate) fn pin_mismatch(err: &std::io::Error) -> Option<Fingerprint> {
+    let rustls_err = err.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match rustls_err {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            other.0.downcast_ref::<PinMismatch>().map(|m| m.presented)
+        }
+        _ => None,
+    }
+}
+
 /// Accepts exactly the server certificate whose SHA-256 is `pin`.
 #[derive(Debug)]
 struct PinnedVerifier {
@@ -187,9 +207,9 @@ impl ServerCertVerifier for PinnedVerifier {
             Ok(ServerCertVerified::assertion())
         } else {
             tracing::warn!(expected = %self.pin, presented = %presented, "TLS fingerprint mismatch");
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(PinMismatch { presented })),
+            )))
         }
     }
 

@@ -122,9 +122,15 @@ impl Dialer {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|source| ClientError::TlsHandshake {
-                        remote: self.remote.to_string(),
-                        source,
+                    .map_err(|source| match crate::tls::pin_mismatch(&source) {
+                        Some(presented) => ClientError::PinMismatch {
+                            remote: self.remote.to_string(),
+                            presented,
+                        },
+                        None => ClientError::TlsHandshake {
+                            remote: self.remote.to_string(),
+                            source,
+                        },
                     })?;
                 Ok(Conn::Tls(Box::new(tls)))
             }

@@ -487,7 +487,10 @@ async fn tls_pinned_fingerprint() {
         .host()
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::TlsHandshake { .. }), "{err:?}");
+    match &err {
+        ClientError::PinMismatch { presented, .. } => assert_eq!(*presented, server.fingerprint),
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[tokio::test]
