@@ -20,7 +20,7 @@ fn snapshot(d: &TestDaemon) -> (String, Vec<String>) {
 fn hostile_requests_are_rejected_and_change_nothing() {
     let d = TestDaemon::start().unwrap();
     d.ensure_tiny();
-    d.ok(&["vm", "create", "existing", "--image", "tiny"]);
+    d.ok(&["vm", "create", "existing", "--image", "tiny", "--wait"]);
     let long = "a".repeat(300);
     let long_body = format!(r#"{{"name":"{long}","image":"tiny"}}"#);
     let cases: Vec<(&str, &str, Option<&str>, u16, &str)> = vec![
