@@ -40,8 +40,12 @@ struct Cli {
     command: Command,
 }
 
+/// Heading of the options every command accepts, in help texts.
+const GLOBAL_HEADING: &str = "Global options";
+
 /// Options every command accepts.
 #[derive(Debug, clap::Args)]
+#[command(next_help_heading = GLOBAL_HEADING)]
 pub struct GlobalArgs {
     /// Daemon to talk to: `unix:PATH` or `https://HOST:PORT` [default: unix:$VIREO_SOCKET or
     /// unix:/run/vireo/vireo.sock]
@@ -134,7 +138,8 @@ impl clap::Args for OutputArg {
                 .value_name("FORMAT")
                 .value_parser(clap::builder::EnumValueParser::<OutputFormat>::new())
                 .default_value("table")
-                .help("Output format of results"),
+                .help("Output format of results")
+                .help_heading(GLOBAL_HEADING),
         )
     }
 

@@ -92,6 +92,7 @@ pub struct CreateArgs {
     /// Image to create the VM from (e.g. tiny).
     #[arg(long)]
     pub image: Name,
+    /// Virtual CPUs [default: 1]
     #[arg(long)]
     pub vcpus: Option<u32>,
     /// Memory size, e.g. 512MiB or 1GiB.
@@ -221,9 +222,10 @@ pub struct ExecArgs {
 #[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["vcpus", "memory"])))]
 pub struct EditArgs {
     pub name: Name,
+    /// New number of virtual CPUs.
     #[arg(long)]
     pub vcpus: Option<u32>,
-    /// Memory size, e.g. 512MiB or 1GiB.
+    /// New memory size, e.g. 512MiB or 1GiB.
     #[arg(long, value_parser = parse_mib, value_name = "SIZE")]
     pub memory: Option<u64>,
 }
