@@ -164,6 +164,15 @@ pub fn open(
     Ok(Box::new(VhdxImage::open(path, limits, policy)?))
 }
 
+/// Opens `path` as a VHDX and reads its guest view (bounded), ignoring errors. For fuzz
+/// targets and robustness tests: must never panic or allocate beyond `limits`.
+pub fn exercise(path: &Path, limits: &Limits, policy: &PathPolicy) {
+    let _ = describe(path, limits, policy);
+    if let Ok(img) = open(path, limits, policy) {
+        crate::vmdk::exercise_guest_view(img.as_ref());
+    }
+}
+
 /// Opens `path` and reports its structure.
 pub fn describe(path: &Path, limits: &Limits, policy: &PathPolicy) -> Result<VhdxInfo, ImageError> {
     Ok(VhdxImage::open(path, limits, policy)?.info)

@@ -108,3 +108,47 @@ pub fn create_sink(
         VmdkSubformat::StreamOptimized => Box::new(StreamSink::create(path, virtual_size)?),
     })
 }
+
+/// Opens `path` as a VMDK and reads its guest view, extent by extent (bounded), ignoring
+/// errors. For fuzz targets and robustness tests: must never panic or allocate beyond
+/// `limits`.
+pub fn exercise(path: &Path, limits: &Limits, policy: &PathPolicy) {
+    let _ = describe(path, limits, policy);
+    if let Ok(img) = open(path, limits, policy) {
+        exercise_guest_view(img.as_ref());
+    }
+}
+
+/// Walks up to 4096 extents of `src` from the start, reading up to 64 KiB of each non-zero
+/// one, plus the last byte; checks the extent contract. Shared by the foreign readers'
+/// `exercise` entry points.
+pub(crate) fn exercise_guest_view(src: &dyn BlockSource) {
+    let size = src.virtual_size();
+    let unit = src.allocation_unit().max(1);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut pos = 0u64;
+    for _ in 0..4096 {
+        if pos >= size {
+            break;
+        }
+        match src.extent_at(pos) {
+            Ok(e) => {
+                assert_eq!(e.offset, pos, "extent starts where asked");
+                assert!(e.length >= 1 && e.length <= size - pos, "extent inside the disk");
+                if e.kind != crate::device::ExtentKind::Zero {
+                    let n = e.length.min(buf.len() as u64) as usize;
+                    let _ = src.read_at(&mut buf[..n], pos);
+                }
+                pos += e.length;
+            }
+            Err(_) => pos = (pos / unit + 1).saturating_mul(unit),
+        }
+    }
+    if size > 0 {
+        let _ = src.read_at(&mut buf[..1], size - 1);
+        // An unaligned read across the first allocation unit boundary.
+        let n = (buf.len() as u64).min(size) as usize;
+        let start = (size - n as u64).min(unit.saturating_sub(n as u64 / 2));
+        let _ = src.read_at(&mut buf[..n], start);
+    }
+}
