@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..64 {
         match reader.next_member(1 << 20) {
             Ok(Some(member)) => {
-                assert!(!member.name.starts_with('/') && !member.name.split('/').any(|p| p == ".."));
+                assert!(
+                    !member.name.starts_with('/') && !member.name.split('/').any(|p| p == "..")
+                );
                 let mut consumed = 0;
                 while consumed < member.size {
                     match reader.read_content(&member, consumed, &mut buf) {

@@ -7,7 +7,10 @@ use vireo_image::ovf;
 use vireo_image::Limits;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits { max_descriptor_bytes: 1 << 20, ..Limits::default() };
+    let limits = Limits {
+        max_descriptor_bytes: 1 << 20,
+        ..Limits::default()
+    };
     if let Ok(d) = ovf::parse(data, &limits) {
         let xml = ovf::render(&d);
         let again = ovf::parse(xml.as_bytes(), &limits).expect("rendered envelope parses");

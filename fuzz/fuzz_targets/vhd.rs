@@ -13,7 +13,11 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    let limits = Limits { max_table_bytes: 1 << 20, max_virtual_size: 1 << 30, ..Limits::default() };
+    let limits = Limits {
+        max_table_bytes: 1 << 20,
+        max_virtual_size: 1 << 30,
+        ..Limits::default()
+    };
     vireo_image::vhd::exercise(&path, &limits, &PathPolicy::default());
     let _ = std::fs::remove_file(&path);
 });

@@ -41,6 +41,10 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    let limits = Limits { max_table_bytes: 1 << 20, max_virtual_size: 1 << 30, ..Limits::default() };
+    let limits = Limits {
+        max_table_bytes: 1 << 20,
+        max_virtual_size: 1 << 30,
+        ..Limits::default()
+    };
     vireo_image::vmdk::exercise(&path, &limits, &PathPolicy::default());
 });

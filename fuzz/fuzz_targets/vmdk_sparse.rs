@@ -19,5 +19,9 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn limits() -> Limits {
-    Limits { max_table_bytes: 1 << 20, max_virtual_size: 1 << 30, ..Limits::default() }
+    Limits {
+        max_table_bytes: 1 << 20,
+        max_virtual_size: 1 << 30,
+        ..Limits::default()
+    }
 }

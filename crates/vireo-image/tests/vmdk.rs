@@ -439,3 +439,39 @@ fn stream_optimized_output_has_the_vmware_layout() {
     let desc = String::from_utf8_lossy(&bytes[512..1024]);
     assert!(desc.contains("createType=\"streamOptimized\""), "{desc}");
 }
+
+#[test]
+fn parallel_convert_pipeline_writes_valid_images() {
+    // ops::copy compresses grains on worker threads (the stream sink's unit encoder) and
+    // interleaves them with plain writes; the result must still be a valid stream.
+    let dir = scratch();
+    let raw = dir.path().join("p.raw");
+    write_pattern_raw(&raw, (7 << 20) + 1536, 12);
+    let src = vireo_image::detect::open(&raw, &Limits::default(), &PathPolicy::default()).unwrap();
+    for sub in [
+        VmdkSubformat::StreamOptimized,
+        VmdkSubformat::MonolithicSparse,
+    ] {
+        let img = dir.path().join(format!("p-{sub:?}.vmdk"));
+        let mut sink = vmdk::create_sink(&img, src.virtual_size(), sub).unwrap();
+        vireo_image::ops::copy(
+            src.as_ref(),
+            sink.as_mut(),
+            3,
+            &mut |_| {},
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+        // A late rewrite behind the frontier after the pipeline finished.
+        sink.write_at(&[0x5A; 4096], 4096).unwrap();
+        sink.finish().unwrap();
+        let expected = dir.path().join("p-expected.raw");
+        std::fs::copy(&raw, &expected).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&expected)
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0x5A; 4096], 4096).unwrap();
+        check_written(&img, &expected, dir.path());
+    }
+}

@@ -134,7 +134,10 @@ pub(crate) fn exercise_guest_view(src: &dyn BlockSource) {
         match src.extent_at(pos) {
             Ok(e) => {
                 assert_eq!(e.offset, pos, "extent starts where asked");
-                assert!(e.length >= 1 && e.length <= size - pos, "extent inside the disk");
+                assert!(
+                    e.length >= 1 && e.length <= size - pos,
+                    "extent inside the disk"
+                );
                 if e.kind != crate::device::ExtentKind::Zero {
                     let n = e.length.min(buf.len() as u64) as usize;
                     let _ = src.read_at(&mut buf[..n], pos);

@@ -21,13 +21,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::descriptor::{self, RenderSpec};
 use super::sparse::{
     self, corrupt, SparseHeader, COMPRESS_DEFLATE, COMPRESS_NONE, FLAG_COMPRESSED, FLAG_MARKERS,
     FLAG_NL_DETECT, GD_AT_END, MARKER_EOS, MARKER_FOOTER, MARKER_GD, MARKER_GT,
 };
-use crate::device::BlockSink;
+use crate::device::{BlockSink, UnitEncoder};
 use crate::error::ImageError;
 
 /// Grain size of written images, in sectors (64 KiB).
@@ -271,6 +272,10 @@ impl SparseSink {
 }
 
 impl BlockSink for SparseSink {
+    fn unit_size(&self) -> u64 {
+        GRAIN_BYTES
+    }
+
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
         check_write(buf, offset, self.capacity)?;
         // A run of bytes going to consecutive file positions, written with one pwrite.
@@ -461,46 +466,36 @@ impl StreamSink {
     }
 
     fn emit_grain(&mut self, grain: u64, data: &[u8]) -> Result<(), ImageError> {
+        if is_zero(data) {
+            return self.set_gte(grain, 0);
+        }
+        let mut z = std::mem::take(&mut self.scratch);
+        deflate_grain(&mut self.compressor, data, &mut z).map_err(|e| {
+            ImageError::io(
+                format!("compressing a grain for {}", self.path.display()),
+                e,
+            )
+        })?;
+        let r = self.append_compressed(grain, &z);
+        self.scratch = z;
+        r
+    }
+
+    /// Appends a grain marker and the zlib stream `z` for `grain`, and records its GTE.
+    fn append_compressed(&mut self, grain: u64, z: &[u8]) -> Result<(), ImageError> {
+        let mut out = Vec::with_capacity((12 + z.len()).div_ceil(512) * 512);
+        out.extend_from_slice(&(grain * GRAIN_SECTORS).to_le_bytes());
+        out.extend_from_slice(&(z.len() as u32).to_le_bytes());
+        out.extend_from_slice(z);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        let at = self.append(&out)?;
+        let sector = u32::try_from(at)
+            .map_err(|_| corrupt("stream grew past the 2 TiB the format can address"))?;
+        self.set_gte(grain, sector)
+    }
+
+    fn set_gte(&mut self, grain: u64, sector: u32) -> Result<(), ImageError> {
         let per = u64::from(GTES_PER_GT);
-        let sector = if is_zero(data) {
-            0
-        } else {
-            // Always a whole grain (past the capacity it is zeros), so every reader sees
-            // exactly one grain after inflating.
-            let valid = data.len();
-            let mut out = std::mem::take(&mut self.scratch);
-            out.clear();
-            out.reserve(valid + valid / 8 + 64 + 12);
-            out.extend_from_slice(&(grain * GRAIN_SECTORS).to_le_bytes());
-            out.extend_from_slice(&[0u8; 4]);
-            self.compressor.reset();
-            loop {
-                let status = self
-                    .compressor
-                    .compress_vec(
-                        &data[self.compressor.total_in() as usize..valid],
-                        &mut out,
-                        flate2::FlushCompress::Finish,
-                    )
-                    .map_err(|e| {
-                        ImageError::io(
-                            format!("compressing a grain for {}", self.path.display()),
-                            std::io::Error::other(e),
-                        )
-                    })?;
-                if status == flate2::Status::StreamEnd {
-                    break;
-                }
-                out.reserve(out.capacity().max(4096));
-            }
-            let size = (out.len() - 12) as u32;
-            out[8..12].copy_from_slice(&size.to_le_bytes());
-            out.resize(out.len().div_ceil(512) * 512, 0);
-            let at = self.append(&out)?;
-            self.scratch = out;
-            u32::try_from(at)
-                .map_err(|_| corrupt("stream grew past the 2 TiB the format can address"))?
-        };
         let gt = grain / per;
         let slot = (grain % per) as usize;
         // Skip creating a table just to store "unallocated" in it.
@@ -552,6 +547,57 @@ impl StreamSink {
 }
 
 impl BlockSink for StreamSink {
+    fn unit_size(&self) -> u64 {
+        GRAIN_BYTES
+    }
+
+    fn unit_encoder(&self) -> Option<Arc<dyn UnitEncoder>> {
+        Some(Arc::new(GrainEncoder))
+    }
+
+    fn write_encoded(&mut self, offset: u64, encoded: Vec<u8>) -> Result<(), ImageError> {
+        if offset % GRAIN_BYTES != 0 || offset >= self.capacity {
+            return Err(ImageError::InvalidArgument(format!(
+                "encoded grain at offset {offset}"
+            )));
+        }
+        let per = u64::from(GTES_PER_GT);
+        let grain = offset / GRAIN_BYTES;
+        let behind = grain / per < self.gts_emitted_below
+            || self.pending.contains_key(&grain)
+            || self
+                .gts
+                .get(&(grain / per))
+                .is_some_and(|t| t[(grain % per) as usize] != 0);
+        if behind {
+            // Rare: merge through the plain path, which keeps the stream consistent.
+            let mut data = vec![0u8; GRAIN_BYTES as usize];
+            flate2::Decompress::new(true)
+                .decompress(&encoded, &mut data, flate2::FlushDecompress::Finish)
+                .map_err(|e| {
+                    ImageError::InvalidArgument(format!("encoded grain does not inflate: {e}"))
+                })?;
+            let len = (self.capacity - offset).min(GRAIN_BYTES) as usize;
+            return self.write_at(&data[..len], offset);
+        }
+        // Keep ascending order: buffered grains before this one go first.
+        while self
+            .pending
+            .first_key_value()
+            .is_some_and(|(&g, _)| g < grain)
+        {
+            if let Some((g, pg)) = self.pending.pop_first() {
+                self.emit_grain(g, &pg.data)?;
+            }
+        }
+        self.append_compressed(grain, &encoded)?;
+        let frontier = self
+            .pending
+            .first_key_value()
+            .map_or(grain, |(&g, _)| g.min(grain));
+        self.emit_tables_below(frontier / per)
+    }
+
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
         check_write(buf, offset, self.capacity)?;
         let per = u64::from(GTES_PER_GT);
@@ -617,6 +663,51 @@ impl BlockSink for StreamSink {
         self.file
             .sync_all()
             .map_err(|e| io_err(&self.path, "syncing", e))
+    }
+}
+
+/// Compresses one whole grain into `out` (a zlib stream; cleared first). A short `data` (the
+/// last unit of a disk) is zero-padded to a whole grain, so every reader inflates exactly one
+/// grain.
+fn deflate_grain(c: &mut flate2::Compress, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    let padded;
+    let data = if data.len() < GRAIN_BYTES as usize {
+        let mut v = data.to_vec();
+        v.resize(GRAIN_BYTES as usize, 0);
+        padded = v;
+        &padded[..]
+    } else {
+        data
+    };
+    out.clear();
+    out.reserve(data.len() + data.len() / 8 + 64);
+    c.reset();
+    loop {
+        let status = c
+            .compress_vec(
+                &data[c.total_in() as usize..],
+                out,
+                flate2::FlushCompress::Finish,
+            )
+            .map_err(std::io::Error::other)?;
+        if status == flate2::Status::StreamEnd {
+            return Ok(());
+        }
+        out.reserve(out.capacity().max(4096));
+    }
+}
+
+/// Compresses grains on the converter's worker threads (see [`BlockSink::unit_encoder`]).
+#[derive(Debug)]
+struct GrainEncoder;
+
+impl UnitEncoder for GrainEncoder {
+    fn encode(&self, unit: &[u8]) -> Result<Option<Vec<u8>>, ImageError> {
+        let mut c = flate2::Compress::new(flate2::Compression::fast(), true);
+        let mut out = Vec::new();
+        deflate_grain(&mut c, unit, &mut out)
+            .map_err(|e| ImageError::io("compressing a VMDK grain", e))?;
+        Ok(Some(out))
     }
 }
 
