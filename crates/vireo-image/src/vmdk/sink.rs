@@ -556,7 +556,7 @@ impl BlockSink for StreamSink {
     }
 
     fn write_encoded(&mut self, offset: u64, encoded: Vec<u8>) -> Result<(), ImageError> {
-        if offset % GRAIN_BYTES != 0 || offset >= self.capacity {
+        if !offset.is_multiple_of(GRAIN_BYTES) || offset >= self.capacity {
             return Err(ImageError::InvalidArgument(format!(
                 "encoded grain at offset {offset}"
             )));
