@@ -79,6 +79,10 @@ pub struct BootFiles<'a> {
 
 /// The `grub.cfg` both platforms read: serial terminal, no menu, boot at once; prints one
 /// line naming the platform so a console log shows which firmware path booted.
+///
+/// Under OVMF without a display device GRUB's `linux` prints "error: no suitable video mode
+/// found. Booting in blind mode" and boots normally: the kernel uses the serial console, and
+/// no `gfxpayload` setting avoids the message when the firmware has no graphics output.
 pub fn config(files: &BootFiles, cmdline: &str) -> Result<String, GrubError> {
     // GRUB's script syntax would expand or split these; the tiny cmdline never has them.
     let unsafe_char = |c: char| "\"'\\$;&|<>{}#`\n\r\t".contains(c) || c.is_control();

@@ -1,0 +1,422 @@
+//! Real-QEMU tests of the tiny disk (`build_disk`): the same qcow2 boots through SeaBIOS and
+//! through OVMF (TCG, q35, 256 MiB, virtio-blk with bootindex=1, no kernel on the QEMU
+//! command line), reaches the readiness line and answers the guest agent.
+//!
+//! The image is built into a temporary directory from the shared package cache
+//! `/var/cache/vireo-test/tiny` (override with `VIREO_TINY_CACHE`). Requirements:
+//! `qemu-system-x86_64`, `qemu-img` (overlays and the raw-content oracle), `ovmf`, GRUB's
+//! `grub-common`, `grub-pc-bin` and `grub-efi-amd64-bin`. Timings are printed
+//! (`cargo test -p vireo-tinyimage --test disk_boot -- --nocapture`).
+//!
+//! The guests get no network device; nothing leaves the host.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use base64::Engine;
+use serde_json::{json, Value};
+use sha2::Digest;
+use vireo_tinyimage::{build_disk, DiskBuildOptions, TinyDisk};
+
+/// SeaBIOS + GRUB + kernel under TCG.
+const BIOS_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// OVMF under TCG is much slower to reach the boot loader.
+const UEFI_READY_TIMEOUT: Duration = Duration::from_secs(180);
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One TCG guest at a time within this test binary (the machine has two cores).
+static BOOT_LOCK: Mutex<()> = Mutex::new(());
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("VIREO_TINY_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/vireo-test/tiny"))
+}
+
+fn build_into(out_dir: &Path) -> Result<(TinyDisk, Duration)> {
+    let progress = |line: &str| eprintln!("  build: {line}");
+    let mut opts = DiskBuildOptions::new(cache_dir(), out_dir);
+    opts.progress = Some(&progress);
+    let started = Instant::now();
+    let disk = build_disk(&opts)?;
+    Ok((disk, started.elapsed()))
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn overlay(disk: &TinyDisk, path: &Path) -> Result<()> {
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&disk.path)
+        .arg(path))?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Firmware {
+    SeaBios,
+    Ovmf,
+}
+
+/// A running QEMU booting the disk through firmware; killed when dropped.
+struct Vm {
+    child: Child,
+    dir: PathBuf,
+    serial: Arc<Mutex<Vec<u8>>>,
+    started: Instant,
+}
+
+impl Vm {
+    fn start(firmware: Firmware, boot_disk: &Path, dir: &Path) -> Result<Vm> {
+        let serial_sock = dir.join("serial.sock");
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "q35", "-accel", "tcg", "-m", "256"])
+            .args(["-nodefaults", "-display", "none", "-no-reboot"]);
+        if firmware == Firmware::Ovmf {
+            let template = vireo_qemu::ovmf::locate()?;
+            let files = vireo_qemu::ovmf::prepare_vars(&template, &dir.join("vars.fd"))?;
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    files.code.display()
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    files.vars.display()
+                ));
+        }
+        cmd.arg("-drive")
+            .arg(format!(
+                "file={},if=none,id=boot,format=qcow2",
+                boot_disk.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=boot,bootindex=1"])
+            // wait=on: the guest does not start before the test is connected, so no console
+            // output (firmware, GRUB) is lost.
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=con,path={},server=on,wait=on",
+                serial_sock.display()
+            ))
+            .args(["-serial", "chardev:con"])
+            .args(["-device", "virtio-serial-pci"])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=ga,path={},server=on,wait=off",
+                dir.join("ga.sock").display()
+            ))
+            .args([
+                "-device",
+                "virtserialport,chardev=ga,name=org.qemu.guest_agent.0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("qemu.stderr"))?);
+        let started = Instant::now();
+        let mut child = cmd.spawn().context("spawning qemu-system-x86_64")?;
+        let serial_in = loop {
+            match UnixStream::connect(&serial_sock) {
+                Ok(s) => break s,
+                Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                    if let Some(status) = child.try_wait()? {
+                        bail!(
+                            "QEMU exited early ({status}): {}",
+                            std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e).context("connecting to the serial socket");
+                }
+            }
+        };
+        let serial = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&serial);
+        let mut reader = serial_in;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Ok(Vm {
+            child,
+            dir: dir.to_owned(),
+            serial,
+            started,
+        })
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&self.serial.lock().unwrap()).into_owned()
+    }
+
+    /// Waits for `needle` on the console; returns the time since QEMU started.
+    fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console();
+            if text.contains(needle) {
+                return Ok(self.started.elapsed());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("QEMU exited ({status}) before {needle:?}; console:\n{text}");
+            }
+            if Instant::now() > deadline {
+                bail!("no {needle:?} on the console within {timeout:?}; console:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("QEMU still running after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// qemu-guest-agent over its unix socket, one JSON document per line.
+struct Agent {
+    writer: UnixStream,
+    lines: std::io::Lines<BufReader<UnixStream>>,
+}
+
+impl Agent {
+    fn connect(path: &Path) -> Result<Agent> {
+        let stream = UnixStream::connect(path).context("connecting to the agent socket")?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut agent = Agent {
+            writer: stream.try_clone()?,
+            lines: BufReader::new(stream).lines(),
+        };
+        // guest-sync discards anything a previous client left in the channel.
+        let id = i64::from(std::process::id()) * 1000 + 11;
+        writeln!(
+            agent.writer,
+            "{}",
+            json!({"execute": "guest-sync", "arguments": {"id": id}})
+        )?;
+        loop {
+            let line = agent.lines.next().context("agent closed during sync")??;
+            if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["return"] == json!(id)) {
+                return Ok(agent);
+            }
+        }
+    }
+
+    fn call(&mut self, command: Value) -> Result<Value> {
+        writeln!(self.writer, "{command}")?;
+        let line = self.lines.next().context("agent closed")??;
+        let reply: Value = serde_json::from_str(&line)?;
+        if let Some(err) = reply.get("error") {
+            bail!("agent error for {command}: {err}");
+        }
+        reply
+            .get("return")
+            .cloned()
+            .ok_or_else(|| anyhow!("agent reply without return: {line}"))
+    }
+
+    /// Runs `sh -c script`; returns (exit code, stdout).
+    fn shell(&mut self, script: &str) -> Result<(i64, String)> {
+        let started = self.call(json!({
+            "execute": "guest-exec",
+            "arguments": {"path": "/bin/sh", "arg": ["-c", script], "capture-output": true}
+        }))?;
+        let pid = started["pid"].clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.call(json!({
+                "execute": "guest-exec-status", "arguments": {"pid": pid}
+            }))?;
+            if status["exited"] == json!(true) {
+                let out = status.get("out-data").and_then(Value::as_str).unwrap_or("");
+                let out = base64::engine::general_purpose::STANDARD.decode(out)?;
+                return Ok((
+                    status["exitcode"].as_i64().unwrap_or(-1),
+                    String::from_utf8_lossy(&out).into_owned(),
+                ));
+            }
+            ensure!(Instant::now() < deadline, "`{script}` did not finish");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Boots the disk (through an overlay) with `firmware`; checks the GRUB line, the readiness
+/// line, the agent, how the kernel was started, and a clean power-off.
+fn boot_and_check(firmware: Firmware, ready_timeout: Duration) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let (disk, build_time) = build_into(&work.path().join("out"))?;
+    eprintln!(
+        "disk build: {:.2} s, {} MiB, {}",
+        build_time.as_secs_f64(),
+        disk.virtual_size >> 20,
+        disk.bootloader
+    );
+    let boot_disk = work.path().join("boot.qcow2");
+    overlay(&disk, &boot_disk)?;
+
+    let _serialised = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut vm = Vm::start(firmware, &boot_disk, work.path())?;
+    let platform = match firmware {
+        Firmware::SeaBios => "pc",
+        Firmware::Ovmf => "efi",
+    };
+    let grub_at = vm.wait_console(
+        &format!("vireo-tiny-disk: GRUB ({platform}) loading /vireo/vmlinuz"),
+        ready_timeout,
+    )?;
+    let ready_at = vm.wait_console(&disk.ready_marker, ready_timeout)?;
+    eprintln!(
+        "{firmware:?}: GRUB at {:.2} s, {} at {:.2} s after QEMU start",
+        grub_at.as_secs_f64(),
+        disk.ready_marker,
+        ready_at.as_secs_f64()
+    );
+
+    let mut agent = Agent::connect(&vm.dir.join("ga.sock"))?;
+    assert_eq!(agent.call(json!({"execute": "guest-ping"}))?, json!({}));
+
+    // GRUB started the kernel (BOOT_IMAGE is GRUB's), with the disk's command line.
+    let (code, cmdline) = agent.shell("cat /proc/cmdline")?;
+    assert_eq!(code, 0);
+    assert_eq!(
+        cmdline.trim(),
+        format!("BOOT_IMAGE=/vireo/vmlinuz {}", disk.cmdline)
+    );
+    // The kernel knows which firmware it came from.
+    let (efi, _) = agent.shell("test -d /sys/firmware/efi")?;
+    assert_eq!(efi == 0, firmware == Firmware::Ovmf, "/sys/firmware/efi");
+    // The boot disk is the virtio disk, and the guest left it alone (no data-disk serial).
+    let (code, out) = agent.shell("ls /sys/block; cat /proc/mounts")?;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("vda\n"), "{out}");
+    assert!(!out.contains("/dev/vda"), "{out}");
+
+    agent
+        .writer
+        .write_all(b"{\"execute\": \"guest-shutdown\"}\n")?;
+    let status = vm.wait_exit(POWEROFF_TIMEOUT)?;
+    assert!(status.success(), "QEMU exit status {status}");
+    Ok(())
+}
+
+#[test]
+fn real_tiny_disk_boots_with_seabios() -> Result<()> {
+    boot_and_check(Firmware::SeaBios, BIOS_READY_TIMEOUT)
+}
+
+#[test]
+fn real_tiny_disk_boots_with_ovmf() -> Result<()> {
+    boot_and_check(Firmware::Ovmf, UEFI_READY_TIMEOUT)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    Ok(hex::encode(sha2::Sha256::digest(std::fs::read(path)?)))
+}
+
+/// Two builds give the same disk; a rebuild in place keeps the existing file; the qcow2's
+/// guest content (read by qemu-img, an independent reader) is the recorded raw disk.
+#[test]
+fn disk_rebuild_is_identical_and_reuses_the_current_image() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let a = work.path().join("a");
+    let (first, first_time) = build_into(&a)?;
+    let (second, _) = build_into(&work.path().join("b"))?;
+    assert_eq!(first.raw_sha256, second.raw_sha256);
+    assert_eq!(
+        sha256_file(&first.path)?,
+        sha256_file(&second.path)?,
+        "qcow2 files differ"
+    );
+
+    let inode = |p: &Path| -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(std::fs::metadata(p)?.ino())
+    };
+    let before = inode(&first.path)?;
+    let (third, third_time) = build_into(&a)?;
+    assert_eq!(third, first);
+    assert_eq!(
+        inode(&first.path)?,
+        before,
+        "an up-to-date disk was rewritten"
+    );
+    eprintln!(
+        "disk builds: {:.2} s, in place again {:.2} s",
+        first_time.as_secs_f64(),
+        third_time.as_secs_f64()
+    );
+
+    let mut names: Vec<String> = std::fs::read_dir(&a)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "tiny-disk.json",
+            "tiny-disk.qcow2",
+            "tiny-initrd.img",
+            "tiny-vmlinuz",
+            "tiny.json"
+        ]
+    );
+    assert_eq!(vireo_tinyimage::disk::load_disk(&a)?, Some(first.clone()));
+
+    let info: Value = serde_json::from_str(&run(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&first.path))?)?;
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], json!(first.virtual_size));
+    let raw = work.path().join("back.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&first.path)
+        .arg(&raw))?;
+    assert_eq!(sha256_file(&raw)?, first.raw_sha256);
+    assert!(first
+        .cmdline
+        .split_whitespace()
+        .any(|a| a == "console=ttyS0"));
+    Ok(())
+}
