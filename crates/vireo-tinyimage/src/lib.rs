@@ -7,6 +7,8 @@
 //! and writes three artefacts into the output directory: the kernel (`tiny-vmlinuz`), the
 //! gzip-compressed newc initramfs (`tiny-initrd.img`) and the [`TinyImage`] description
 //! (`tiny.json`). The guest-side behaviour is documented in `assets/rootfs/etc/inittab`.
+//! [`disk::build_disk`] puts the same kernel and initramfs on a GPT disk (`tiny-disk.qcow2`)
+//! that boots through firmware, SeaBIOS and OVMF alike, with GRUB.
 //!
 //! Invariants:
 //! - Deterministic: the same packages and host libraries give byte-identical artefacts (sorted

@@ -420,3 +420,27 @@ fn disk_rebuild_is_identical_and_reuses_the_current_image() -> Result<()> {
         .any(|a| a == "console=ttyS0"));
     Ok(())
 }
+
+/// A disk build that fails (here: no GRUB platform directories) leaves no disk artefact and no
+/// temporary file behind.
+#[test]
+fn failed_disk_build_leaves_no_disk() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let out_dir = work.path().join("out");
+    let empty_grub = work.path().join("no-grub");
+    std::fs::create_dir(&empty_grub)?;
+    let mut opts = DiskBuildOptions::new(cache_dir(), &out_dir);
+    opts.grub_lib_dir = empty_grub;
+    let err = build_disk(&opts).expect_err("GRUB is missing");
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    assert!(chain.contains("grub-pc-bin"), "{chain}");
+    let leftovers: Vec<String> = std::fs::read_dir(&out_dir)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .filter(|n: &Result<String>| {
+            n.as_ref()
+                .map_or(true, |n| n.starts_with('.') || n.starts_with("tiny-disk"))
+        })
+        .collect::<Result<_>>()?;
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    Ok(())
+}
