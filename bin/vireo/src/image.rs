@@ -41,8 +41,54 @@ pub enum ImageCmd {
         #[arg(long = "wait-timeout", value_parser = parse_duration, default_value = "10m")]
         wait_timeout: Duration,
     },
+    /// Import an OVA package (VMware, VirtualBox…) as a new VM: the package is verified,
+    /// its disks are converted to qcow2 and its virtual hardware is mapped.
+    Import {
+        /// The .ova file.
+        file: std::path::PathBuf,
+        /// Name of the new VM [default: derived from the file name]
+        #[arg(long)]
+        name: Option<Name>,
+        /// Start the VM once imported.
+        #[arg(long)]
+        start: bool,
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long = "wait-timeout", value_parser = parse_duration, default_value = "60m")]
+        wait_timeout: Duration,
+    },
     #[command(flatten)]
     Local(image_local::ImageLocalCmd),
+}
+
+/// A VM name from a file name: lowercase, other characters become '-', starts with a letter.
+pub fn name_from_file(path: &std::path::Path) -> anyhow::Result<Name> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let mut out = String::new();
+    for c in stem.chars() {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && (out.is_empty() || out.ends_with('-'))) {
+            out.push(c);
+        }
+    }
+    let mut out: String = out.trim_matches('-').chars().take(63).collect();
+    if !out.starts_with(|c: char| c.is_ascii_lowercase()) {
+        out = format!("vm-{out}").chars().take(63).collect();
+    }
+    let out = out.trim_end_matches('-').to_string();
+    Name::new(out.clone()).with_context(|| {
+        format!(
+            "cannot derive a VM name from {}; pass --name",
+            path.display()
+        )
+    })
 }
 
 pub async fn run(global: &GlobalArgs, cmd: ImageCmd) -> anyhow::Result<u8> {
@@ -122,11 +168,67 @@ pub async fn run(global: &GlobalArgs, cmd: ImageCmd) -> anyhow::Result<u8> {
         }
         // main() runs these before starting the async runtime; this arm only keeps the match
         // total should that ever change.
+        ImageCmd::Import {
+            file,
+            name,
+            start,
+            no_wait,
+            wait_timeout,
+        } => {
+            let client = global.client()?;
+            let name = match name {
+                Some(n) => n,
+                None => name_from_file(&file)?,
+            };
+            let op = client
+                .import_ova(&file, name.as_str(), start)
+                .await
+                .with_context(|| format!("cannot import {} as VM {name}", file.display()))?;
+            if no_wait {
+                print(format, &op)?;
+                return Ok(0);
+            }
+            progress::wait_operation(&client, &op, wait_timeout)
+                .await
+                .with_context(|| format!("cannot import {} as VM {name}", file.display()))?;
+            let vm = client
+                .get_vm(name.as_str())
+                .await
+                .with_context(|| format!("cannot read VM {name} back"))?;
+            print(format, &vm)?;
+            Ok(0)
+        }
         ImageCmd::Local(cmd) => {
             let code = tokio::task::spawn_blocking(move || image_local::run(cmd))
                 .await
                 .context("the local image command panicked")??;
             Ok(u8::try_from(code).unwrap_or(1))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_from_file;
+    use std::path::Path;
+
+    #[test]
+    fn derives_vm_names_from_files() {
+        assert_eq!(
+            name_from_file(Path::new("/x/Web Server 01.ova"))
+                .unwrap()
+                .as_str(),
+            "web-server-01"
+        );
+        assert_eq!(
+            name_from_file(Path::new("2024_backup.OVA"))
+                .unwrap()
+                .as_str(),
+            "vm-2024-backup"
+        );
+        assert_eq!(
+            name_from_file(Path::new("--a--.ova")).unwrap().as_str(),
+            "a"
+        );
     }
 }

@@ -116,9 +116,12 @@ pub struct CreateArgs {
     /// Start the VM once created.
     #[arg(long)]
     pub start: bool,
-    /// Wait for the creation (and with --start, for the guest to be ready).
-    #[arg(long)]
+    /// With --start: also wait until the guest is ready (its agent answers).
+    #[arg(long, conflicts_with = "no_wait")]
     pub wait: bool,
+    /// Return at once with the operation instead of waiting for the creation.
+    #[arg(long)]
+    pub no_wait: bool,
     /// How long --wait waits in all (e.g. 300, 5m).
     #[arg(long, value_parser = parse_duration, default_value = DEFAULT_WAIT)]
     pub timeout: Duration,
@@ -351,14 +354,14 @@ async fn create(client: &Client, format: OutputFormat, args: CreateArgs) -> anyh
         .create_vm(&request)
         .await
         .with_context(|| format!("cannot create VM {name}"))?;
-    if !args.wait {
+    if args.no_wait {
         print(format, &op)?;
         return Ok(0);
     }
     progress::wait_operation(client, &op, args.timeout)
         .await
         .with_context(|| format!("cannot create VM {name}"))?;
-    let vm = if args.start {
+    let vm = if args.start && args.wait {
         let remaining = args.timeout.saturating_sub(started.elapsed());
         progress::wait_guest_ready(client, name.as_str(), remaining)
             .await

@@ -65,7 +65,13 @@ pub struct ErrorDetail {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody { error: ErrorDetail { code, message: message.into(), field: None } }
+        ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+                field: None,
+            },
+        }
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {

@@ -17,7 +17,10 @@ pub enum ImageContent {
         default_data_disk_mib: u64,
     },
     /// A bootable disk that VMs get a copy-on-write overlay of.
-    Disk { firmware: Firmware, virtual_size_bytes: u64 },
+    Disk {
+        firmware: Firmware,
+        virtual_size_bytes: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -154,3 +154,16 @@ pub struct ConsoleQuery {
     /// Bytes of recent console output to replay on connect (default 4096, at most 65536).
     pub history: Option<u32>,
 }
+
+/// `POST /v1/vms/import`: the request body is an OVA package (a tar archive).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    pub project: Option<Name>,
+    /// Name of the VM to create.
+    pub name: Name,
+    /// Start the VM once imported.
+    #[serde(default)]
+    pub start: Option<bool>,
+}

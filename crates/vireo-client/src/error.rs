@@ -84,6 +84,12 @@ pub enum ClientError {
         path: String,
         limit: usize,
     },
+    #[error("reading {path}")]
+    ReadFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what} timed out after {}", humanize(*after))]
     Timeout { what: String, after: Duration },
     #[error("websocket {path} failed")]

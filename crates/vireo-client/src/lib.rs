@@ -515,6 +515,51 @@ impl Client {
 
     // ---- images ------------------------------------------------------------------------
 
+    /// Uploads the OVA package at `path` and imports it as VM `name` (streamed, never held
+    /// in memory). Returns the import operation.
+    pub async fn import_ova(
+        &self,
+        path: &std::path::Path,
+        name: &str,
+        start: bool,
+    ) -> Result<Operation, ClientError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| ClientError::ReadFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut url = format!(
+            "/v1/vms/import?name={}&start={start}",
+            encode_component(name)
+        );
+        url.push_str(&self.project_query('&'));
+        let mut headers = Vec::new();
+        if let Some(auth) = &self.auth {
+            headers.push((AUTHORIZATION, auth.clone()));
+        }
+        // Uploads take as long as they take; the operation carries the rest.
+        let response = transport::exchange_body(
+            &self.dialer,
+            Method::POST,
+            &url,
+            headers,
+            Some("application/x-tar"),
+            transport::file_body(file),
+            MAX_BODY_BYTES,
+        )
+        .await?;
+        if !response.status.is_success() {
+            return Err(error_from_response(
+                "POST",
+                &url,
+                response.status.as_u16(),
+                &response.body,
+            ));
+        }
+        Self::decode(&Method::POST, &url, &response)
+    }
+
     pub async fn list_images(&self) -> Result<Vec<ImageInfo>, ClientError> {
         self.get("/v1/images").await
     }

@@ -157,6 +157,61 @@ pub(crate) async fn exchange(
     body: Option<Bytes>,
     body_limit: usize,
 ) -> Result<RawResponse, ClientError> {
+    let (content_type, body) = match body {
+        Some(b) => (
+            Some("application/json"),
+            Full::new(b).map_err(|never| match never {}).boxed(),
+        ),
+        None => (
+            None,
+            Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed(),
+        ),
+    };
+    exchange_body(
+        dialer,
+        method,
+        path,
+        headers,
+        content_type,
+        body,
+        body_limit,
+    )
+    .await
+}
+
+/// A request body that may be streamed (uploads).
+pub(crate) type StreamingBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A body that streams `file` in 1 MiB chunks.
+pub(crate) fn file_body(file: tokio::fs::File) -> StreamingBody {
+    use tokio::io::AsyncReadExt;
+    let stream = futures::stream::unfold(Some(file), |state| async move {
+        let mut file = state?;
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
+/// [`exchange`] with any body and content type.
+pub(crate) async fn exchange_body(
+    dialer: &Dialer,
+    method: Method,
+    path: &str,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    content_type: Option<&str>,
+    body: StreamingBody,
+    body_limit: usize,
+) -> Result<RawResponse, ClientError> {
     let http_err = |source: crate::error::BoxError| ClientError::Http {
         remote: dialer.remote.to_string(),
         method: method.to_string(),
@@ -178,15 +233,13 @@ pub(crate) async fn exchange(
         .method(method.clone())
         .uri(path)
         .header(hyper::header::HOST, dialer.remote.host_header());
-    if body.is_some() {
-        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(ct) = content_type {
+        builder = builder.header(hyper::header::CONTENT_TYPE, ct);
     }
     for (name, value) in headers {
         builder = builder.header(name, value);
     }
-    let request = builder
-        .body(Full::new(body.unwrap_or_default()))
-        .map_err(|e| http_err(Box::new(e)))?;
+    let request = builder.body(body).map_err(|e| http_err(Box::new(e)))?;
     let response = sender
         .send_request(request)
         .await

@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use vireo_api::operations::Operation;
+use vireo_api::vms::ImportQuery;
 use vireo_api::vms::{
     CreateVmRequest, ExecRequest, ExecResult, StopRequest, UpdateVmRequest, VmInfo,
 };
@@ -203,4 +204,59 @@ pub async fn console_log(
         .console_log(q.project.as_ref(), name.as_str())
         .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+/// Imports an OVA package sent as the request body (streamed to disk, never held in memory).
+#[utoipa::path(post, path = "/v1/vms/import", tag = "vms", params(ImportQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "OVA package"),
+    responses((status = 202, body = Operation), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn import_vm(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ImportQuery>,
+    Requestor(who): Requestor,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let path = s.engine.upload_path()?;
+    let write = async {
+        let mut file = tokio::fs::File::create(&path).await?;
+        let mut stream = body.into_data_stream();
+        let mut total: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            total += chunk.len() as u64;
+            file.write_all(&chunk).await?;
+        }
+        file.flush().await?;
+        Ok::<u64, std::io::Error>(total)
+    };
+    match write.await {
+        Ok(0) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "the request body must be an OVA package (it is empty)",
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("receiving the package failed: {e}"),
+            ));
+        }
+    }
+    let op = s
+        .engine
+        .import_ova(
+            q.project.as_ref(),
+            q.name,
+            q.start.unwrap_or(false),
+            path,
+            &who,
+        )
+        .await?;
+    Ok(accepted(op))
 }

@@ -1,0 +1,139 @@
+//! `vireo image import FILE.ova`: a package made by the image engine's exporter is verified,
+//! converted and mapped onto a new VM; a tampered package is refused and leaves nothing.
+
+use std::path::Path;
+use std::process::Command;
+
+use vireo_image::ovf::{Firmware, OvfDescriptor, OvfNic};
+use vireo_testkit::TestDaemon;
+
+fn make_ova(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let raw = dir.join("disk.raw");
+    // 8 MiB with recognisable data at both ends and a hole in the middle.
+    let mut data = vec![0u8; 8 << 20];
+    for (i, b) in data[..1 << 20].iter_mut().enumerate() {
+        *b = (i * 7 % 251) as u8;
+    }
+    data[(7 << 20)..(7 << 20) + 11].copy_from_slice(b"end-of-disk");
+    std::fs::write(&raw, &data).unwrap();
+    let src = vireo_image::detect::open(
+        &raw,
+        &vireo_image::Limits::default(),
+        &vireo_image::PathPolicy::default(),
+    )
+    .unwrap();
+    let d = OvfDescriptor {
+        name: "Legacy App".into(),
+        cpus: 2,
+        memory_bytes: 512 << 20,
+        firmware: Firmware::Bios,
+        nics: vec![OvfNic {
+            network: Some("VM Network".into()),
+            model: Some("VmxNet3".into()),
+            mac: None,
+        }],
+        ..Default::default()
+    };
+    let ova = dir.join("legacy-app.ova");
+    vireo_image::ova::export(&[("disk1", src.as_ref())], &d, &ova).unwrap();
+    (ova, raw)
+}
+
+#[test]
+fn ova_import_creates_a_vm_and_refuses_tampered_packages() {
+    let d = TestDaemon::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (ova, raw) = make_ova(work.path());
+
+    let vm = d.json(&["image", "import", ova.to_str().unwrap()]);
+    assert_eq!(vm["name"], "legacy-app", "{vm}");
+    assert_eq!(vm["state"], "stopped");
+    assert_eq!(vm["vcpus"], 2);
+    assert_eq!(vm["memory_mib"], 512);
+    assert_eq!(vm["spec"]["boot"]["kind"], "disk");
+    assert_eq!(vm["disks"][0]["virtual_size_bytes"], 8 << 20);
+    assert_eq!(vm["nics"].as_array().unwrap().len(), 1);
+    // The converted disk holds exactly the exported data (qemu-img is the oracle).
+    let disk = d
+        .state_dir()
+        .join("vms")
+        .join(vm["uuid"].as_str().unwrap())
+        .join("disk0-disk1.qcow2");
+    let disk = if disk.exists() {
+        disk
+    } else {
+        std::fs::read_dir(d.state_dir().join("vms").join(vm["uuid"].as_str().unwrap()))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "qcow2"))
+            .unwrap()
+    };
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-q"])
+        .arg(&raw)
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(cmp.success(), "imported disk differs from the source");
+    let check = Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(check.success());
+
+    // Same name again: conflict, nothing new on disk.
+    let dirs_before = std::fs::read_dir(d.state_dir().join("vms"))
+        .unwrap()
+        .count();
+    let out = d.cli(&["image", "import", ova.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Tamper with the disk member: the manifest check refuses the package.
+    let mut bytes = std::fs::read(&ova).unwrap();
+    let pos = bytes.windows(11).position(|w| w == b"end-of-disk");
+    let flip = match pos {
+        Some(p) => p,
+        // Compressed grains: flip a byte in the middle of the archive instead.
+        None => bytes.len() / 2,
+    };
+    bytes[flip] ^= 0x55;
+    let bad = work.path().join("tampered.ova");
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = d.cli(&[
+        "image",
+        "import",
+        bad.to_str().unwrap(),
+        "--name",
+        "tampered",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused"), "{err}");
+    assert!(!d.cli(&["vm", "show", "tampered"]).status.success());
+    assert_eq!(
+        std::fs::read_dir(d.state_dir().join("vms"))
+            .unwrap()
+            .count(),
+        dirs_before
+    );
+    let uploads = d.state_dir().join("uploads");
+    assert_eq!(
+        std::fs::read_dir(&uploads).map(|r| r.count()).unwrap_or(0),
+        0,
+        "upload left behind"
+    );
+
+    // Not an OVA at all.
+    let junk = work.path().join("junk.ova");
+    std::fs::write(&junk, b"definitely not a tar archive").unwrap();
+    let out = d.cli(&["image", "import", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(!d.cli(&["vm", "show", "junk"]).status.success());
+}
