@@ -75,7 +75,7 @@ pub enum ImageLocalCmd {
         /// Compress output clusters (qcow2).
         #[arg(short = 'c', long)]
         compress: bool,
-        /// Worker threads (0 = one per CPU).
+        /// Reader threads (0 = one per CPU, at least 4).
         #[arg(long, default_value_t = 0)]
         threads: usize,
         /// Do not show a progress bar.

@@ -43,7 +43,7 @@ pub struct ConvertOptions {
     pub compress: bool,
     /// Output parameters (qcow2 version, cluster size, compression type…).
     pub spec: CreateSpec,
-    /// Worker threads; 0 = one per available CPU.
+    /// Worker threads; 0 = one per available CPU (at least 4, at most 8).
     pub threads: usize,
     pub limits: Limits,
     pub policy: PathPolicy,
@@ -207,10 +207,12 @@ pub fn copy(
     let unit = sink.unit_size().clamp(512, CHUNK);
     let chunk = CHUNK.max(unit);
     let chunks = size.div_ceil(chunk);
+    // Readers block on I/O (page cache misses, decompression of other formats' grains), so
+    // run at least 4 even on small machines: it keeps the disk queue and the writer busy.
     let threads = if threads == 0 {
         std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(8)
+            .map_or(4, |n| n.get())
+            .clamp(4, 8)
     } else {
         threads
     };
