@@ -39,6 +39,9 @@ const UNALLOCATED: u32 = u32::MAX;
 const MAX_BLOCK_SIZE: u32 = 256 << 20;
 /// Largest parent locator payload read.
 const MAX_LOCATOR_BYTES: u32 = 64 << 10;
+/// Blocks `extent_at` scans at most (converters call it once per chunk; 512 MiB of 2 MiB
+/// blocks).
+const EXTENT_SCAN_BLOCKS: u64 = 256;
 /// Sector bitmaps cached per image (differencing disks only).
 const BITMAP_CACHE_ENTRIES: usize = 1024;
 /// Largest geometry-derived size: qemu treats it as "use current_size" because the CHS
@@ -770,7 +773,7 @@ impl BlockSource for VhdImage {
         let kind = kind_of(block)?;
         let mut length = (bs - offset % bs).min(remaining);
         let mut next = block + 1;
-        while length < remaining && next - block < 65536 && kind_of(next)? == kind {
+        while length < remaining && next - block < EXTENT_SCAN_BLOCKS && kind_of(next)? == kind {
             length = (length + bs).min(remaining);
             next += 1;
         }

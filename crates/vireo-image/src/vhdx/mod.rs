@@ -31,6 +31,8 @@ use log::Overlay;
 use meta::{corrupt, BatGeometry, Guid, Metadata};
 
 const MIB: u64 = 1 << 20;
+/// Blocks `extent_at` scans at most (converters call it once per chunk).
+const EXTENT_SCAN_BLOCKS: u64 = 64;
 const STATE_NOT_PRESENT: u64 = 0;
 const STATE_UNDEFINED: u64 = 1;
 const STATE_ZERO: u64 = 2;
@@ -570,7 +572,7 @@ impl BlockSource for VhdxImage {
         let mut length = (bs - offset % bs).min(remaining);
         let mut next = block + 1;
         while length < remaining
-            && next - block < 65536
+            && next - block < EXTENT_SCAN_BLOCKS
             && self.kind_of(self.payload(next)?.0) == kind
         {
             length = (length + bs).min(remaining);

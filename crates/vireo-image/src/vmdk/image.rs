@@ -19,8 +19,10 @@ use super::{SparseInfo, VmdkExtentInfo, VmdkInfo};
 use crate::device::{BlockSource, Extent, ExtentKind, Format, Limits, PathPolicy};
 use crate::error::ImageError;
 
-/// How many grains `extent_at` scans at most before reporting a run (keeps it cheap).
-const EXTENT_SCAN_GRAINS: u64 = 16384;
+/// How many grains `extent_at` scans at most before reporting a run: converters call it once
+/// per chunk, so the scan must stay short even on fully allocated disks (64 MiB of 64 KiB
+/// grains).
+const EXTENT_SCAN_GRAINS: u64 = 1024;
 
 #[derive(Debug)]
 enum Storage {
@@ -307,6 +309,9 @@ impl VmdkImage {
                         &mut buf[done..done + n],
                         file_pos + in_grain,
                     )?;
+                }
+                Grain::Compressed(file_pos) if n as u64 == grain_bytes => {
+                    sparse.inflate_into(file_pos, &mut buf[done..done + n])?;
                 }
                 Grain::Compressed(file_pos) => {
                     let data = sparse.compressed_grain(file_pos)?;

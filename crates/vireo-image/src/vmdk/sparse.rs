@@ -422,7 +422,23 @@ impl SparseExtent {
         if let Some((_, g)) = lock(&self.grain_cache).iter().find(|(p, _)| *p == pos) {
             return Ok(g.clone());
         }
+        let mut out = vec![0u8; self.header.grain_bytes() as usize];
+        self.inflate_into(pos, &mut out)?;
+        let grain: Arc<[u8]> = out.into();
+        let mut cache = lock(&self.grain_cache);
+        cache.push_back((pos, grain.clone()));
+        if cache.len() > GRAIN_CACHE_ENTRIES {
+            cache.pop_front();
+        }
+        Ok(grain)
+    }
+
+    /// Inflates the compressed grain stored at `pos` into `out` (exactly one grain long),
+    /// zero-filling what a short stream (the last grain of a disk) leaves. Used directly for
+    /// whole-grain reads, which then need neither the cache nor a copy.
+    pub fn inflate_into(&self, pos: u64, out: &mut [u8]) -> Result<(), ImageError> {
         let grain_bytes = self.header.grain_bytes() as usize;
+        debug_assert_eq!(out.len(), grain_bytes);
         // zlib never expands data by more than a few bytes per 16 KiB block.
         let max_stream = grain_bytes + grain_bytes / 8 + 1024;
         let (data_pos, len) = if self.header.markers() {
@@ -442,20 +458,14 @@ impl SparseExtent {
         };
         let mut compressed = vec![0u8; len];
         read_exact_at(&self.file, &self.path, &mut compressed, data_pos)?;
-        let mut out = vec![0u8; grain_bytes];
-        inflate_grain(&compressed, &mut out).map_err(|d| {
+        let produced = inflate_grain(&compressed, out).map_err(|d| {
             corrupt(format!(
                 "{}: compressed grain at offset {pos}: {d}",
                 self.path.display()
             ))
         })?;
-        let grain: Arc<[u8]> = out.into();
-        let mut cache = lock(&self.grain_cache);
-        cache.push_back((pos, grain.clone()));
-        if cache.len() > GRAIN_CACHE_ENTRIES {
-            cache.pop_front();
-        }
-        Ok(grain)
+        out[produced..].fill(0);
+        Ok(())
     }
 }
 
