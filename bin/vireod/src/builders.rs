@@ -35,6 +35,31 @@ impl ImageBuilder for TinyBuilder {
     }
 }
 
+/// The tiny guest as a GPT disk that boots through GRUB under both SeaBIOS and OVMF (a
+/// disk-boot template; VMs get copy-on-write overlays of it).
+#[derive(Debug)]
+pub struct TinyDiskBuilder {
+    pub cache_dir: PathBuf,
+}
+
+impl ImageBuilder for TinyDiskBuilder {
+    fn build(
+        &self,
+        out_dir: &Path,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<BuiltImage> {
+        let report = |s: &str| progress(s);
+        let mut opts = vireo_tinyimage::DiskBuildOptions::new(self.cache_dir.clone(), out_dir);
+        opts.progress = Some(&report);
+        let disk = vireo_tinyimage::build_disk(&opts)?;
+        Ok(BuiltImage::Disk {
+            path: disk.path,
+            firmware: vireo_types::Firmware::Bios,
+            virtual_size_bytes: disk.virtual_size,
+        })
+    }
+}
+
 /// A kernel of any registered kernel image (for the accelerator probe).
 pub async fn any_kernel(store: &Arc<dyn vireo_store::Store>) -> Option<PathBuf> {
     let range = store.range("/images/").await.ok()?;

@@ -120,10 +120,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let hv = Arc::new(hv);
 
     let mut builders: HashMap<String, Arc<dyn vireo_engine::ImageBuilder>> = HashMap::new();
+    let tiny_cache = cfg.image_cache_dir.join("tiny");
     builders.insert(
         "tiny".into(),
         Arc::new(builders::TinyBuilder {
-            cache_dir: cfg.image_cache_dir.join("tiny"),
+            cache_dir: tiny_cache.clone(),
+        }),
+    );
+    builders.insert(
+        "tiny-disk".into(),
+        Arc::new(builders::TinyDiskBuilder {
+            cache_dir: tiny_cache,
         }),
     );
 
