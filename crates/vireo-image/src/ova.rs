@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sha1::Digest as _;
 
-use crate::device::{BlockSource, Format, Limits};
+use crate::device::{BlockSource, Format, Limits, PathPolicy};
 use crate::error::ImageError;
 use crate::ovf::{self, OvfDescriptor, OvfDisk, OvfFile};
 use crate::vmdk::{self, VmdkSubformat};
@@ -228,6 +228,23 @@ fn unique_suffix() -> String {
     )
 }
 
+/// A name for an extracted member that stays inside `dest_dir` whatever the package calls it.
+fn extract_file_name(index: usize, member: &str) -> String {
+    let base = member.rsplit('/').next().unwrap_or(member);
+    let clean: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    format!("extract{index}-{}", clean.trim_start_matches('.'))
+}
+
 /// A name for an imported disk that stays inside `dest_dir` whatever the package calls it.
 fn disk_file_name(index: usize, disk_id: &str) -> String {
     let clean: String = disk_id
@@ -245,7 +262,7 @@ fn disk_file_name(index: usize, disk_id: &str) -> String {
 }
 
 /// Imports `ova_path`: verifies it, extracts its disks into `dest_dir` and converts them to
-/// qcow2 there.
+/// qcow2 there (the extracted copies are removed afterwards).
 pub fn import(
     ova_path: &Path,
     dest_dir: &Path,
@@ -269,6 +286,105 @@ pub fn import_with(
     progress: &mut dyn FnMut(OvaProgress),
     cancel: &AtomicBool,
 ) -> Result<ImportedOva, ImageError> {
+    let extracted = extract_with(ova_path, dest_dir, limits, progress, cancel)?;
+    let mut cleanup = Cleanup::new();
+    cleanup
+        .paths
+        .extend(extracted.disks.iter().map(|d| d.path.clone()));
+    let mut disks = Vec::new();
+    for (index, disk) in extracted.disks.iter().enumerate() {
+        let dst = dest_dir.join(disk_file_name(index, &disk.disk_id));
+        if dst.exists() {
+            return Err(ImageError::InvalidArgument(format!(
+                "{} already exists",
+                dst.display()
+            )));
+        }
+        let result = convert_disk(&disk.path, &dst, limits, &disk.disk_id, progress, cancel);
+        // Even a failed conversion may leave a partial file behind.
+        cleanup.paths.push(dst.clone());
+        let (format, size) = result?;
+        if size < disk.capacity_bytes {
+            return Err(bad(format!(
+                "disk {} holds {size} bytes, less than its declared capacity {}",
+                disk.disk_id, disk.capacity_bytes
+            )));
+        }
+        disks.push(ImportedDisk {
+            disk_id: disk.disk_id.clone(),
+            member: disk.member.clone(),
+            path: dst,
+            source_format: format,
+            virtual_size: size,
+        });
+    }
+    // The extracted copies were only needed for the conversion.
+    for d in &extracted.disks {
+        let _ = std::fs::remove_file(&d.path);
+    }
+    cleanup.armed = false;
+    Ok(ImportedOva {
+        descriptor: extracted.descriptor,
+        disks,
+        manifest: extracted.manifest,
+        certificate_present: extracted.certificate_present,
+    })
+}
+
+/// A disk file extracted from a package, as stored there (typically a stream-optimized VMDK).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExtractedDisk {
+    pub disk_id: String,
+    /// Archive member it came from.
+    pub member: String,
+    /// Where it was extracted (a name Vireo chose inside the destination directory).
+    pub path: PathBuf,
+    /// Capacity the descriptor declares.
+    pub capacity_bytes: u64,
+}
+
+impl ExtractedDisk {
+    /// Opens the extracted file (format detected by content) as a guest view.
+    pub fn open(&self, limits: &Limits) -> Result<Box<dyn BlockSource>, ImageError> {
+        crate::detect::open(&self.path, limits, &PathPolicy::default())
+    }
+}
+
+/// Result of [`extract`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExtractedOva {
+    pub descriptor: OvfDescriptor,
+    /// Disks with an image file, in descriptor order (blank disks have no file).
+    pub disks: Vec<ExtractedDisk>,
+    pub manifest: ManifestStatus,
+    pub certificate_present: bool,
+}
+
+/// Verifies `ova_path` and extracts the disk files its descriptor references into
+/// `dest_dir`, without converting them.
+pub fn extract(
+    ova_path: &Path,
+    dest_dir: &Path,
+    limits: &Limits,
+    progress: &mut dyn FnMut(OvaProgress),
+) -> Result<ExtractedOva, ImageError> {
+    extract_with(
+        ova_path,
+        dest_dir,
+        limits,
+        progress,
+        &AtomicBool::new(false),
+    )
+}
+
+/// [`extract`] with cancellation.
+pub fn extract_with(
+    ova_path: &Path,
+    dest_dir: &Path,
+    limits: &Limits,
+    progress: &mut dyn FnMut(OvaProgress),
+    cancel: &AtomicBool,
+) -> Result<ExtractedOva, ImageError> {
     let file = File::open(ova_path)
         .map_err(|e| ImageError::io(format!("opening {}", ova_path.display()), e))?;
     let archive_len = file
@@ -331,16 +447,21 @@ pub fn import_with(
                             detail: format!("compressed file {} ({:?})", f.href, f.compression),
                         });
                     }
-                    Ok(dest_dir.join(format!(".{}.extract-{}", extracted.len(), unique_suffix())))
+                    Ok(dest_dir.join(extract_file_name(extracted.len(), &member.name)))
                 })
                 .transpose()?,
             _ => None,
         };
         let mut out = match &target {
             Some(p) => {
-                cleanup.paths.push(p.clone());
-                let f = File::create(p)
+                // Never clobber an existing file in the destination (and only clean up
+                // what this import created).
+                let f = File::options()
+                    .write(true)
+                    .create_new(true)
+                    .open(p)
                     .map_err(|e| ImageError::io(format!("creating {}", p.display()), e))?;
+                cleanup.paths.push(p.clone());
                 Some(BufWriter::with_capacity(1 << 20, f))
             }
             None => None,
@@ -432,39 +553,25 @@ pub fn import_with(
     };
 
     let mut disks = Vec::new();
-    for (index, disk) in descriptor.disks.iter().enumerate() {
+    for disk in &descriptor.disks {
         let Some(file) = descriptor.disk_file(disk) else {
             continue; // A blank disk to be created by the caller (capacity only).
         };
-        let source = extracted.get(&file.href).ok_or_else(|| {
+        let path = extracted.get(&file.href).ok_or_else(|| {
             bad(format!(
                 "disk {} refers to {}, which the archive does not hold",
                 disk.disk_id, file.href
             ))
         })?;
-        let dst = dest_dir.join(disk_file_name(index, &disk.disk_id));
-        let (format, size) = convert_disk(source, &dst, limits, &disk.disk_id, progress, cancel)?;
-        cleanup.paths.push(dst.clone());
-        if size < disk.capacity_bytes {
-            return Err(bad(format!(
-                "disk {} holds {size} bytes, less than its declared capacity {}",
-                disk.disk_id, disk.capacity_bytes
-            )));
-        }
-        disks.push(ImportedDisk {
+        disks.push(ExtractedDisk {
             disk_id: disk.disk_id.clone(),
             member: file.href.clone(),
-            path: dst,
-            source_format: format,
-            virtual_size: size,
+            path: path.clone(),
+            capacity_bytes: disk.capacity_bytes,
         });
     }
-    // The extracted copies were only needed for the conversion.
-    for p in extracted.values() {
-        let _ = std::fs::remove_file(p);
-    }
     cleanup.armed = false;
-    Ok(ImportedOva {
+    Ok(ExtractedOva {
         descriptor,
         disks,
         manifest: manifest_status,
@@ -638,10 +745,13 @@ pub fn export_with(
 
     // 3. The archive: descriptor first, manifest second, then the disks.
     let tmp = dir.join(format!(".{out_name}.vireo-{}.tmp", unique_suffix()));
-    cleanup.paths.push(tmp.clone());
     let total: u64 = members.iter().map(|m| m.2).sum::<u64>() + xml.len() as u64 + mf.len() as u64;
-    let file =
-        File::create(&tmp).map_err(|e| ImageError::io(format!("creating {}", tmp.display()), e))?;
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(|e| ImageError::io(format!("creating {}", tmp.display()), e))?;
+    cleanup.paths.push(tmp.clone());
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let mtime = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -766,5 +876,9 @@ mod tests {
             assert!(export_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(disk_file_name(0, "../../x y"), "disk0-______x_y.qcow2");
+        assert_eq!(
+            extract_file_name(2, "dir/.hidden disk.vmdk"),
+            "extract2-hidden_disk.vmdk"
+        );
     }
 }

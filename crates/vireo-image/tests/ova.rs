@@ -481,3 +481,42 @@ fn mutated_archives_never_panic() {
         let _ = ova::import(p, &d, &Limits::default(), &mut |_| {});
     });
 }
+
+#[test]
+fn extract_exposes_disks_as_block_sources() {
+    let dir = scratch();
+    let pkg = dir.path().join("pkg");
+    std::fs::create_dir(&pkg).unwrap();
+    let raw = package_dir(&pkg, "disk1.vmdk", true);
+    let ova_path = dir.path().join("e.ova");
+    run(
+        "tar",
+        &[
+            "--format=ustar",
+            "-cf",
+            s(&ova_path),
+            "-C",
+            s(&pkg),
+            "vm.ovf",
+            "vm.mf",
+            "disk1.vmdk",
+        ],
+    );
+    let dest = dir.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let extracted = ova::extract(&ova_path, &dest, &Limits::default(), &mut |_| {}).unwrap();
+    assert_eq!(extracted.disks.len(), 1);
+    let disk = &extracted.disks[0];
+    assert!(disk.path.starts_with(&dest));
+    assert_eq!(disk.capacity_bytes, 2 << 20);
+    let src = disk.open(&Limits::default()).unwrap();
+    assert_eq!(src.format(), vireo_image::Format::Vmdk);
+    assert_matches_qemu(src.as_ref(), &disk.path, "vmdk", dir.path());
+    let expected = std::fs::read(&raw).unwrap();
+    let mut got = vec![0u8; expected.len()];
+    src.read_at(&mut got, 0).unwrap();
+    assert!(got == expected);
+    // Extracting again into the same directory never clobbers what is there.
+    assert!(ova::extract(&ova_path, &dest, &Limits::default(), &mut |_| {}).is_err());
+    assert_eq!(files_in(&dest).len(), 1);
+}
