@@ -80,6 +80,12 @@ pub enum VmCmd {
     Console(ConsoleArgs),
     /// Print the VM's recent serial console output.
     ConsoleLog { name: Name },
+    /// Export a stopped VM as an OVA package (OVF + stream-optimized VMDKs + manifest).
+    Export {
+        name: Name,
+        /// Where to write the .ova file.
+        out: std::path::PathBuf,
+    },
     /// Run a command in the guest (through qemu-guest-agent) and exit with its status.
     Exec(ExecArgs),
     /// Change a stopped VM's vCPUs or memory.
@@ -301,6 +307,14 @@ pub async fn run(global: &GlobalArgs, cmd: VmCmd) -> anyhow::Result<u8> {
         VmCmd::Delete(a) => delete(&client, format, a).await,
         VmCmd::Console(a) => {
             crate::console::run(&client, a.name.as_str(), a.history, a.grace).await?;
+            Ok(0)
+        }
+        VmCmd::Export { name, out } => {
+            client
+                .export_vm(name.as_str(), &out)
+                .await
+                .with_context(|| format!("cannot export VM {name} to {}", out.display()))?;
+            eprintln!("exported VM {name} to {}", out.display());
             Ok(0)
         }
         VmCmd::ConsoleLog { name } => {

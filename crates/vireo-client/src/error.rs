@@ -84,8 +84,8 @@ pub enum ClientError {
         path: String,
         limit: usize,
     },
-    #[error("reading {path}")]
-    ReadFile {
+    #[error("file {path}")]
+    LocalFile {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,

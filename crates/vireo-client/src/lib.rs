@@ -215,6 +215,11 @@ impl Client {
         )
     }
 
+    /// The bearer-token header, when a token is configured.
+    fn auth_header(&self) -> Option<(HeaderName, HeaderValue)> {
+        self.auth.as_ref().map(|a| (AUTHORIZATION, a.clone()))
+    }
+
     /// Sends a request and returns the successful response, or the decoded error.
     async fn send(
         &self,
@@ -225,9 +230,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<transport::RawResponse, ClientError> {
         let mut headers = extra;
-        if let Some(auth) = &self.auth {
-            headers.push((AUTHORIZATION, auth.clone()));
-        }
+        headers.extend(self.auth_header());
         tracing::debug!(%method, path, "request");
         let exchange = transport::exchange(
             &self.dialer,
@@ -525,7 +528,7 @@ impl Client {
     ) -> Result<Operation, ClientError> {
         let file = tokio::fs::File::open(path)
             .await
-            .map_err(|source| ClientError::ReadFile {
+            .map_err(|source| ClientError::LocalFile {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -534,10 +537,7 @@ impl Client {
             encode_component(name)
         );
         url.push_str(&self.project_query('&'));
-        let mut headers = Vec::new();
-        if let Some(auth) = &self.auth {
-            headers.push((AUTHORIZATION, auth.clone()));
-        }
+        let headers = self.auth_header().into_iter().collect();
         // Uploads take as long as they take; the operation carries the rest.
         let response = transport::exchange_body(
             &self.dialer,
@@ -558,6 +558,29 @@ impl Client {
             ));
         }
         Self::decode(&Method::POST, &url, &response)
+    }
+
+    /// Downloads VM `name` (stopped) as an OVA package to `out`, atomically: the package is
+    /// written next to `out` and renamed over it only when complete.
+    pub async fn export_vm(&self, name: &str, out: &std::path::Path) -> Result<(), ClientError> {
+        let path = self.vm_path(name, "/export");
+        let headers = self.auth_header().into_iter().collect();
+        let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = out.with_file_name(format!(".{file_name}.part-{}", std::process::id()));
+        let result = transport::download(&self.dialer, &path, headers, &tmp, MAX_BODY_BYTES).await;
+        match result {
+            Ok(None) => tokio::fs::rename(&tmp, out)
+                .await
+                .map_err(|source| ClientError::LocalFile { path: out.to_path_buf(), source }),
+            Ok(Some(err)) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(error_from_response("GET", &path, err.status.as_u16(), &err.body))
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(e)
+            }
+        }
     }
 
     pub async fn list_images(&self) -> Result<Vec<ImageInfo>, ClientError> {

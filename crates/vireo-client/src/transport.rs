@@ -264,3 +264,62 @@ pub(crate) async fn exchange_body(
         body,
     })
 }
+
+/// Sends a GET and streams a successful response body into `dest` (created/truncated).
+/// Returns `Ok(None)` on success, or the (bounded) error response.
+pub(crate) async fn download(
+    dialer: &Dialer,
+    path: &str,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    dest: &std::path::Path,
+    error_body_limit: usize,
+) -> Result<Option<RawResponse>, ClientError> {
+    use tokio::io::AsyncWriteExt;
+    let http_err = |source: crate::error::BoxError| ClientError::Http {
+        remote: dialer.remote.to_string(),
+        method: "GET".into(),
+        path: path.to_string(),
+        source,
+    };
+    let conn = dialer.connect().await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
+        .await
+        .map_err(|e| http_err(Box::new(e)))?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "daemon connection ended with an error");
+        }
+    });
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(hyper::header::HOST, dialer.remote.host_header());
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    let request = builder
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| http_err(Box::new(e)))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| http_err(Box::new(e)))?;
+    let (parts, mut incoming) = response.into_parts();
+    if !parts.status.is_success() {
+        let collected = Limited::new(incoming, error_body_limit).collect().await;
+        driver.abort();
+        let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
+        return Ok(Some(RawResponse { status: parts.status, headers: parts.headers, body }));
+    }
+    let write_err = |source: io::Error| ClientError::LocalFile { path: dest.to_path_buf(), source };
+    let mut file = tokio::fs::File::create(dest).await.map_err(write_err)?;
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(|e| http_err(Box::new(e)))?;
+        if let Ok(data) = frame.into_data() {
+            file.write_all(&data).await.map_err(write_err)?;
+        }
+    }
+    file.sync_all().await.map_err(write_err)?;
+    driver.abort();
+    Ok(None)
+}

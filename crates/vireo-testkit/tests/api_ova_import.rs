@@ -83,6 +83,27 @@ fn ova_import_creates_a_vm_and_refuses_tampered_packages() {
         .unwrap();
     assert!(check.success());
 
+    // Export it again: an OVA that tar and qemu-img read, with the same disk content, that
+    // imports back.
+    let out = work.path().join("exported.ova");
+    d.ok(&["vm", "export", "legacy-app", out.to_str().unwrap()]);
+    let unpack = work.path().join("unpacked");
+    std::fs::create_dir_all(&unpack).unwrap();
+    let tar = Command::new("tar").arg("-xf").arg(&out).arg("-C").arg(&unpack).status().unwrap();
+    assert!(tar.success());
+    let mut members: Vec<String> = std::fs::read_dir(&unpack).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    members.sort();
+    assert!(members.iter().any(|m| m.ends_with(".ovf")) && members.iter().any(|m| m.ends_with(".mf")), "{members:?}");
+    let vmdk = members.iter().find(|m| m.ends_with(".vmdk")).unwrap();
+    let cmp = Command::new("qemu-img").args(["compare", "-q"]).arg(&raw).arg(unpack.join(vmdk)).status().unwrap();
+    assert!(cmp.success(), "exported VMDK differs from the source");
+    let back = d.json(&["image", "import", out.to_str().unwrap(), "--name", "round-trip"]);
+    assert_eq!(back["vcpus"], 2);
+    assert_eq!(back["memory_mib"], 512);
+    // A running VM is not exported (its disks would be inconsistent).
+    let (status, _) = d.http("GET", "/v1/vms/missing/export", None);
+    assert_eq!(status, 404);
+
     // Same name again: conflict, nothing new on disk.
     let dirs_before = std::fs::read_dir(d.state_dir().join("vms"))
         .unwrap()

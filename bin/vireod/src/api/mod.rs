@@ -147,7 +147,8 @@ pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
 #[openapi(
     info(title = "Vireo API", description = "Vireo virtualization platform REST API", license(name = "Apache-2.0")),
     paths(
-        vms::list_vms, vms::create_vm, vms::import_vm, vms::get_vm, vms::update_vm, vms::delete_vm,
+        vms::list_vms, vms::create_vm, vms::import_vm,
+        vms::export_vm, vms::get_vm, vms::update_vm, vms::delete_vm,
         vms::start_vm, vms::stop_vm, vms::restart_vm, vms::pause_vm, vms::resume_vm, vms::kill_vm,
         vms::exec_vm, vms::console_log, ws::console, ws::events,
         misc::list_operations, misc::get_operation, misc::wait_operation, misc::cancel_operation,
@@ -174,6 +175,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/vms", get(vms::list_vms).post(vms::create_vm))
         .route("/v1/vms/import", post(vms::import_vm))
+        .route("/v1/vms/{name}/export", get(vms::export_vm))
         .route(
             "/v1/vms/{name}",
             get(vms::get_vm)

@@ -260,3 +260,44 @@ pub async fn import_vm(
         .await?;
     Ok(accepted(op))
 }
+
+/// Exports a stopped VM as an OVA package (OVF + stream-optimized VMDKs + SHA-256 manifest),
+/// streamed as the response body.
+#[utoipa::path(get, path = "/v1/vms/{name}/export", tag = "vms", params(("name" = String, Path), ProjectQuery),
+    responses((status = 200, content_type = "application/x-tar", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn export_vm(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ProjectQuery>,
+    Requestor(who): Requestor,
+) -> Result<Response, ApiError> {
+    let name = path_name(&name, "VM")?;
+    let path = s.engine.export_ova(q.project.as_ref(), name.as_str()).await?;
+    // Open, then unlink: the package lives only as long as this response streams it.
+    let file = tokio::fs::File::open(&path).await;
+    let _ = tokio::fs::remove_file(&path).await;
+    let file = file.map_err(|e| ApiError::new(ErrorCode::Internal, format!("opening the exported package: {e}")))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    tracing::info!(target: "vireo::audit", vm = %name, requestor = %who, bytes = len, "exported as OVA");
+    let stream = futures::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.ova\"")),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
