@@ -1103,6 +1103,29 @@ mod tests {
         assert_eq!(back.memory_bytes, 1000);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Mutated envelopes never panic; whatever parses renders and parses again.
+        #[test]
+        fn mutated_envelopes_never_panic(
+            edits in proptest::collection::vec((0usize..4700, proptest::num::u8::ANY), 1..8),
+            cut in 0usize..5000,
+        ) {
+            let mut bytes = VMWARE.as_bytes().to_vec();
+            for (at, value) in edits {
+                let i = at % bytes.len();
+                bytes[i] = value;
+            }
+            bytes.truncate(cut.max(1));
+            if let Ok(d) = parse(&bytes, &Limits::default()) {
+                let again = parse(render(&d).as_bytes(), &Limits::default()).unwrap();
+                proptest::prop_assert_eq!(again.cpus, d.cpus);
+                proptest::prop_assert_eq!(again.memory_bytes, d.memory_bytes);
+                proptest::prop_assert_eq!(again.disks.len(), d.disks.len());
+            }
+        }
+    }
+
     #[test]
     fn render_golden() {
         let path = concat!(

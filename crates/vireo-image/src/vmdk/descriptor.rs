@@ -367,6 +367,21 @@ mod tests {
         assert!(parse(overflow.as_bytes()).is_err());
     }
 
+    proptest::proptest! {
+        /// Arbitrary text never panics the parser, and accepted extents keep the invariants.
+        #[test]
+        fn arbitrary_text_never_panics(text in "(RW|RDONLY|ddb\\.|createType=|# |[ -~]{0,20}|\"|\n| |[0-9]{1,22}|FLAT|SPARSE|ZERO)*") {
+            if let Ok(d) = parse(text.as_bytes()) {
+                let mut total: u64 = 0;
+                for e in &d.extents {
+                    total = total.checked_add(e.sectors).unwrap();
+                    proptest::prop_assert_eq!(e.file.is_none(), e.kind == ExtentType::Zero);
+                }
+                proptest::prop_assert!(total.checked_mul(512).is_some());
+            }
+        }
+    }
+
     #[test]
     fn detects_descriptors() {
         assert!(looks_like_descriptor(QEMU_TWO_GB.as_bytes()));
