@@ -475,3 +475,53 @@ fn parallel_convert_pipeline_writes_valid_images() {
         check_written(&img, &expected, dir.path());
     }
 }
+
+/// Reader throughput in the convert pipeline's access pattern (2 threads, 2 MiB chunks,
+/// zero extents skipped), for any image format:
+/// `VIREO_READ_BENCH=img cargo test --release -p vireo-image --test vmdk read_throughput -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark; needs VIREO_READ_BENCH=<image>"]
+fn read_throughput() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let Some(path) = std::env::var_os("VIREO_READ_BENCH") else {
+        return;
+    };
+    let src =
+        vireo_image::detect::open(Path::new(&path), &Limits::default(), &PathPolicy::default())
+            .unwrap();
+    let size = src.virtual_size();
+    let chunk = 2u64 << 20;
+    let (next, data) = (AtomicU64::new(0), AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut buf = vec![0u8; chunk as usize];
+                loop {
+                    let start = next.fetch_add(chunk, Ordering::Relaxed);
+                    if start >= size {
+                        break;
+                    }
+                    let end = (start + chunk).min(size);
+                    let mut pos = start;
+                    while pos < end {
+                        let e = src.extent_at(pos).unwrap();
+                        let len = e.length.min(end - pos);
+                        if e.kind != ExtentKind::Zero {
+                            src.read_at(&mut buf[..len as usize], pos).unwrap();
+                            data.fetch_add(len, Ordering::Relaxed);
+                        }
+                        pos += len;
+                    }
+                }
+            });
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}: {} MiB of data read in {secs:.2} s = {:.0} MiB/s of virtual size",
+        Path::new(&path).display(),
+        data.load(Ordering::Relaxed) >> 20,
+        (size >> 20) as f64 / secs
+    );
+}
