@@ -133,8 +133,8 @@ def main():
         img = [i for i in imgs if i["name"] == "tiny"][0]
         files = [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(state, "images")) for f in fs]
         image = {
-            "kernel": [f for f in files if os.path.basename(f).startswith("vmlinuz")][0],
-            "initrd": [f for f in files if os.path.basename(f).startswith("initrd")][0],
+            "kernel": [f for f in files if "vmlinuz" in os.path.basename(f)][0],
+            "initrd": [f for f in files if "initrd" in os.path.basename(f)][0],
             "cmdline": img["content"]["cmdline"],
             "disk_mib": img["content"]["default_data_disk_mib"],
         }
