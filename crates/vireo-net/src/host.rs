@@ -1,0 +1,743 @@
+//! Host effects behind one trait: links (bridges, taps, veths), addresses, nftables and dnsmasq.
+//!
+//! [`IpHost`] is the real implementation: `ip` (iproute2) for links and addresses, the
+//! TUNSETIFF ioctl for taps, `nft -f -` / `nft -j list` for rules, supervised `dnsmasq`
+//! processes. Constructed with a network-namespace name, every effect happens inside that
+//! namespace (tests use throwaway namespaces; the daemon uses `None`). [`FakeHost`] keeps the
+//! same state in memory for engine tests without root.
+//!
+//! Invariants: destructive operations (`delete_link`, reconcile removal) only accept
+//! Vireo-owned names ([`IfName`]: `vb-`/`vt-` prefixes), so nothing outside Vireo's objects
+//! can be removed. Calls are blocking (they spawn short-lived processes); async callers should
+//! use `spawn_blocking`.
+
+use crate::addr::{IfName, Ipv4Cidr, Mtu, BRIDGE_PREFIX, TAP_PREFIX};
+use crate::nft::{NftSnapshot, SnapshotError};
+use crate::supervise::{ChildStatus, SuperviseError, Supervisor};
+use crate::tap::{self, TapError};
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("invalid link name {name:?}")]
+    LinkName { name: String },
+    #[error("run {argv}")]
+    Spawn {
+        argv: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{argv} failed ({status}): {stderr}")]
+    Command {
+        argv: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("create tap")]
+    Tap(#[source] TapError),
+    #[error("parse `ip -j link` output")]
+    LinkJson(#[source] serde_json::Error),
+    #[error("parse nft listing")]
+    Snapshot(#[source] SnapshotError),
+    #[error("enable IPv4 forwarding")]
+    Forwarding(#[source] std::io::Error),
+    #[error("start dnsmasq for network {network}")]
+    Dnsmasq {
+        network: String,
+        #[source]
+        source: SuperviseError,
+    },
+    #[error("fake host: {what}")]
+    Fake { what: String },
+}
+
+/// A link as listed by the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub name: String,
+    /// `bridge`, `veth`, `tun`, … (`None` for plain devices such as `lo`).
+    pub kind: Option<String>,
+    pub master: Option<String>,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+/// Every host side effect the network layer needs.
+pub trait HostNet: Send + Sync {
+    /// Creates bridge `name` with br_netfilter hooks on (see `nft` module semantics).
+    fn create_bridge(&self, name: &IfName) -> Result<(), HostError>;
+    /// Creates a persistent root-owned tap.
+    fn create_tap(&self, name: &IfName) -> Result<(), HostError>;
+    /// Creates a veth pair `a` <-> `b` (either may be a non-Vireo name, e.g. an uplink).
+    fn create_veth(&self, a: &str, b: &str) -> Result<(), HostError>;
+    /// Deletes a Vireo-owned link (a veth deletes its peer too).
+    fn delete_link(&self, name: &IfName) -> Result<(), HostError>;
+    fn set_master(&self, link: &str, bridge: &IfName) -> Result<(), HostError>;
+    fn set_mtu(&self, link: &str, mtu: Mtu) -> Result<(), HostError>;
+    fn set_up(&self, link: &str, up: bool) -> Result<(), HostError>;
+    /// Adds (or replaces) `addr` with the prefix of `subnet` on `link`.
+    fn add_address(&self, link: &str, addr: Ipv4Addr, subnet: Ipv4Cidr) -> Result<(), HostError>;
+    /// Moves `link` into the named network namespace.
+    fn move_to_netns(&self, link: &str, netns: &str) -> Result<(), HostError>;
+    fn list_links(&self) -> Result<Vec<LinkInfo>, HostError>;
+    /// Applies a rendered ruleset in one `nft -f -` transaction.
+    fn nft_apply(&self, ruleset: &str) -> Result<(), HostError>;
+    /// Reads Vireo's tables back (empty snapshot if absent).
+    fn nft_snapshot(&self) -> Result<NftSnapshot, HostError>;
+    fn enable_ipv4_forwarding(&self) -> Result<(), HostError>;
+    /// Starts (or restarts with a new config) supervised dnsmasq for `network`.
+    fn start_dnsmasq(&self, network: &str, conf_file: &Path) -> Result<(), HostError>;
+    /// Stops dnsmasq for `network`; no-op if not running.
+    fn stop_dnsmasq(&self, network: &str);
+    fn dnsmasq_status(&self, network: &str) -> Option<ChildStatus>;
+}
+
+/// Any link name we pass to `ip`: 1..=15 bytes of `[A-Za-z0-9._-]`, not starting with '-'.
+fn check_link(name: &str) -> Result<(), HostError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(HostError::LinkName {
+            name: name.chars().take(64).collect(),
+        })
+    }
+}
+
+/// The real host, optionally confined to one named network namespace.
+pub struct IpHost {
+    netns: Option<String>,
+    dnsmasq: Mutex<BTreeMap<String, Supervisor>>,
+}
+
+impl std::fmt::Debug for IpHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpHost")
+            .field("netns", &self.netns)
+            .finish()
+    }
+}
+
+impl IpHost {
+    /// `netns = None` acts on the daemon's own namespace.
+    pub fn new(netns: Option<String>) -> Self {
+        Self {
+            netns,
+            dnsmasq: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn supervisors(&self) -> MutexGuard<'_, BTreeMap<String, Supervisor>> {
+        // Supervisors stay consistent on their own; a poisoned map is still usable.
+        self.dnsmasq.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A command for `program`, run inside the namespace if one is set.
+    fn command(netns: Option<&str>, program: &str) -> Command {
+        match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<String, HostError> {
+        let mut c = Command::new("ip");
+        if let Some(ns) = &self.netns {
+            c.args(["-n", ns]);
+        }
+        c.args(args);
+        run(c, None)
+    }
+}
+
+fn argv_of(c: &Command) -> String {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn run(mut c: Command, stdin: Option<&str>) -> Result<String, HostError> {
+    let argv = argv_of(&c);
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let spawn_err = |source| HostError::Spawn {
+        argv: argv.clone(),
+        source,
+    };
+    let mut child = c.spawn().map_err(spawn_err)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).map_err(spawn_err)?;
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(HostError::Command {
+            argv,
+            status: out.status.to_string(),
+            stderr: stderr
+                .chars()
+                .take(2000)
+                .collect::<String>()
+                .trim()
+                .to_owned(),
+        });
+    }
+    tracing::debug!(%argv, "ran");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[derive(Deserialize)]
+struct IpLink {
+    ifname: String,
+    #[serde(default)]
+    master: Option<String>,
+    #[serde(default)]
+    mtu: u32,
+    #[serde(default)]
+    flags: Vec<String>,
+    #[serde(default)]
+    linkinfo: Option<IpLinkInfo>,
+}
+
+#[derive(Deserialize)]
+struct IpLinkInfo {
+    #[serde(default)]
+    info_kind: Option<String>,
+}
+
+/// Parses `ip -j -d link show` output (pure; bounded by the input size).
+pub fn parse_ip_links(json: &str) -> Result<Vec<LinkInfo>, serde_json::Error> {
+    let links: Vec<IpLink> = serde_json::from_str(json)?;
+    Ok(links
+        .into_iter()
+        .map(|l| LinkInfo {
+            up: l.flags.iter().any(|f| f == "UP"),
+            kind: l.linkinfo.and_then(|i| i.info_kind),
+            name: l.ifname,
+            master: l.master,
+            mtu: l.mtu,
+        })
+        .collect())
+}
+
+impl HostNet for IpHost {
+    fn create_bridge(&self, name: &IfName) -> Result<(), HostError> {
+        self.ip(&[
+            "link",
+            "add",
+            "name",
+            name.as_str(),
+            "type",
+            "bridge",
+            "nf_call_iptables",
+            "1",
+            "nf_call_ip6tables",
+            "1",
+        ])
+        .map(drop)
+    }
+
+    fn create_tap(&self, name: &IfName) -> Result<(), HostError> {
+        tap::create_tap(name, self.netns.as_deref()).map_err(HostError::Tap)
+    }
+
+    fn create_veth(&self, a: &str, b: &str) -> Result<(), HostError> {
+        check_link(a)?;
+        check_link(b)?;
+        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b])
+            .map(drop)
+    }
+
+    fn delete_link(&self, name: &IfName) -> Result<(), HostError> {
+        self.ip(&["link", "del", "dev", name.as_str()]).map(drop)
+    }
+
+    fn set_master(&self, link: &str, bridge: &IfName) -> Result<(), HostError> {
+        check_link(link)?;
+        self.ip(&["link", "set", "dev", link, "master", bridge.as_str()])
+            .map(drop)
+    }
+
+    fn set_mtu(&self, link: &str, mtu: Mtu) -> Result<(), HostError> {
+        check_link(link)?;
+        self.ip(&["link", "set", "dev", link, "mtu", &mtu.get().to_string()])
+            .map(drop)
+    }
+
+    fn set_up(&self, link: &str, up: bool) -> Result<(), HostError> {
+        check_link(link)?;
+        let state = if up { "up" } else { "down" };
+        self.ip(&["link", "set", "dev", link, state]).map(drop)
+    }
+
+    fn add_address(&self, link: &str, addr: Ipv4Addr, subnet: Ipv4Cidr) -> Result<(), HostError> {
+        check_link(link)?;
+        let cidr = format!("{addr}/{}", subnet.prefix());
+        self.ip(&["addr", "replace", &cidr, "dev", link]).map(drop)
+    }
+
+    fn move_to_netns(&self, link: &str, netns: &str) -> Result<(), HostError> {
+        check_link(link)?;
+        check_link(netns)?;
+        self.ip(&["link", "set", "dev", link, "netns", netns])
+            .map(drop)
+    }
+
+    fn list_links(&self) -> Result<Vec<LinkInfo>, HostError> {
+        let json = self.ip(&["-j", "-d", "link", "show"])?;
+        parse_ip_links(&json).map_err(HostError::LinkJson)
+    }
+
+    fn nft_apply(&self, ruleset: &str) -> Result<(), HostError> {
+        let mut c = Self::command(self.netns.as_deref(), "nft");
+        c.args(["-f", "-"]);
+        run(c, Some(ruleset)).map(drop)
+    }
+
+    fn nft_snapshot(&self) -> Result<NftSnapshot, HostError> {
+        let mut listing = String::new();
+        for family in ["inet", "bridge"] {
+            let mut c = Self::command(self.netns.as_deref(), "nft");
+            c.args(["-j", "list", "table", family, "vireo"]);
+            match run(c, None) {
+                Ok(out) => listing.push_str(&out),
+                // An absent table is an empty snapshot, not an error.
+                Err(HostError::Command { stderr, .. })
+                    if stderr.contains("No such file or directory") => {}
+                Err(e) => return Err(e),
+            }
+            listing.push('\n');
+        }
+        NftSnapshot::parse(&listing).map_err(HostError::Snapshot)
+    }
+
+    fn enable_ipv4_forwarding(&self) -> Result<(), HostError> {
+        let write = || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1\n");
+        match &self.netns {
+            None => write().map_err(HostError::Forwarding),
+            // /proc/sys/net resolves against the opening thread's namespace.
+            Some(ns) => std::thread::scope(|s| {
+                s.spawn(|| {
+                    tap::enter_netns(&PathBuf::from("/run/netns").join(ns))
+                        .map_err(|e| HostError::Forwarding(std::io::Error::other(e.to_string())))?;
+                    write().map_err(HostError::Forwarding)
+                })
+                .join()
+                .map_err(|_| HostError::Fake {
+                    what: "forwarding thread panicked".into(),
+                })?
+            }),
+        }
+    }
+
+    fn start_dnsmasq(&self, network: &str, conf_file: &Path) -> Result<(), HostError> {
+        // Restart semantics: the old instance (if any) is stopped before the new one binds.
+        if let Some(mut old) = self.supervisors().remove(network) {
+            old.stop();
+        }
+        let netns = self.netns.clone();
+        let conf = conf_file.to_path_buf();
+        let sup = Supervisor::start(
+            &format!("dnsmasq-{network}"),
+            Box::new(move || {
+                let mut c = IpHost::command(netns.as_deref(), "dnsmasq");
+                c.arg(format!("--conf-file={}", conf.display()))
+                    .arg("--keep-in-foreground")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                c
+            }),
+        )
+        .map_err(|source| HostError::Dnsmasq {
+            network: network.to_owned(),
+            source,
+        })?;
+        self.supervisors().insert(network.to_owned(), sup);
+        Ok(())
+    }
+
+    fn stop_dnsmasq(&self, network: &str) {
+        if let Some(mut sup) = self.supervisors().remove(network) {
+            sup.stop();
+        }
+    }
+
+    fn dnsmasq_status(&self, network: &str) -> Option<ChildStatus> {
+        self.supervisors().get(network).map(Supervisor::status)
+    }
+}
+
+/// In-memory host for tests of code that drives [`HostNet`].
+#[derive(Debug, Default)]
+pub struct FakeHost {
+    state: Mutex<FakeState>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct FakeState {
+    pub links: BTreeMap<String, LinkInfo>,
+    pub addresses: BTreeMap<String, Vec<(Ipv4Addr, u8)>>,
+    pub nft: Option<String>,
+    pub forwarding: bool,
+    pub dnsmasq: BTreeMap<String, PathBuf>,
+    /// Every successful mutating call, in order (e.g. `create_bridge vb-a`).
+    pub calls: Vec<String>,
+}
+
+impl FakeHost {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn state(&self) -> FakeState {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add_link(&self, name: &str, kind: &str) -> Result<(), HostError> {
+        check_link(name)?;
+        let mut st = self.lock();
+        if st.links.contains_key(name) {
+            return Err(HostError::Fake {
+                what: format!("link {name} exists"),
+            });
+        }
+        st.links.insert(
+            name.to_owned(),
+            LinkInfo {
+                name: name.to_owned(),
+                kind: Some(kind.to_owned()),
+                master: None,
+                mtu: 1500,
+                up: false,
+            },
+        );
+        st.calls.push(format!("create_{kind} {name}"));
+        Ok(())
+    }
+
+    fn with_link(
+        &self,
+        name: &str,
+        call: String,
+        f: impl FnOnce(&mut LinkInfo),
+    ) -> Result<(), HostError> {
+        check_link(name)?;
+        let mut st = self.lock();
+        let link = st.links.get_mut(name).ok_or_else(|| HostError::Fake {
+            what: format!("no link {name}"),
+        })?;
+        f(link);
+        st.calls.push(call);
+        Ok(())
+    }
+}
+
+impl HostNet for FakeHost {
+    fn create_bridge(&self, name: &IfName) -> Result<(), HostError> {
+        self.add_link(name.as_str(), "bridge")
+    }
+
+    fn create_tap(&self, name: &IfName) -> Result<(), HostError> {
+        self.add_link(name.as_str(), "tun")
+    }
+
+    fn create_veth(&self, a: &str, b: &str) -> Result<(), HostError> {
+        self.add_link(a, "veth")?;
+        self.add_link(b, "veth")
+    }
+
+    fn delete_link(&self, name: &IfName) -> Result<(), HostError> {
+        let mut st = self.lock();
+        if st.links.remove(name.as_str()).is_none() {
+            return Err(HostError::Fake {
+                what: format!("no link {name}"),
+            });
+        }
+        st.addresses.remove(name.as_str());
+        st.calls.push(format!("delete_link {name}"));
+        Ok(())
+    }
+
+    fn set_master(&self, link: &str, bridge: &IfName) -> Result<(), HostError> {
+        if !self.lock().links.contains_key(bridge.as_str()) {
+            return Err(HostError::Fake {
+                what: format!("no bridge {bridge}"),
+            });
+        }
+        self.with_link(link, format!("set_master {link} {bridge}"), |l| {
+            l.master = Some(bridge.to_string())
+        })
+    }
+
+    fn set_mtu(&self, link: &str, mtu: Mtu) -> Result<(), HostError> {
+        self.with_link(link, format!("set_mtu {link} {}", mtu.get()), |l| {
+            l.mtu = mtu.get()
+        })
+    }
+
+    fn set_up(&self, link: &str, up: bool) -> Result<(), HostError> {
+        self.with_link(link, format!("set_up {link} {up}"), |l| l.up = up)
+    }
+
+    fn add_address(&self, link: &str, addr: Ipv4Addr, subnet: Ipv4Cidr) -> Result<(), HostError> {
+        self.with_link(link, format!("add_address {link} {addr}"), |_| {})?;
+        let mut st = self.lock();
+        let addrs = st.addresses.entry(link.to_owned()).or_default();
+        addrs.retain(|(a, _)| *a != addr);
+        addrs.push((addr, subnet.prefix()));
+        Ok(())
+    }
+
+    fn move_to_netns(&self, link: &str, netns: &str) -> Result<(), HostError> {
+        check_link(link)?;
+        let mut st = self.lock();
+        if st.links.remove(link).is_none() {
+            return Err(HostError::Fake {
+                what: format!("no link {link}"),
+            });
+        }
+        st.calls.push(format!("move_to_netns {link} {netns}"));
+        Ok(())
+    }
+
+    fn list_links(&self) -> Result<Vec<LinkInfo>, HostError> {
+        Ok(self.lock().links.values().cloned().collect())
+    }
+
+    fn nft_apply(&self, ruleset: &str) -> Result<(), HostError> {
+        let mut st = self.lock();
+        st.nft = Some(ruleset.to_owned());
+        st.calls.push("nft_apply".into());
+        Ok(())
+    }
+
+    fn nft_snapshot(&self) -> Result<NftSnapshot, HostError> {
+        Ok(NftSnapshot {
+            objects: self
+                .lock()
+                .nft
+                .iter()
+                .map(|t| serde_json::Value::String(t.clone()))
+                .collect(),
+        })
+    }
+
+    fn enable_ipv4_forwarding(&self) -> Result<(), HostError> {
+        self.lock().forwarding = true;
+        Ok(())
+    }
+
+    fn start_dnsmasq(&self, network: &str, conf_file: &Path) -> Result<(), HostError> {
+        let mut st = self.lock();
+        st.dnsmasq
+            .insert(network.to_owned(), conf_file.to_path_buf());
+        st.calls.push(format!("start_dnsmasq {network}"));
+        Ok(())
+    }
+
+    fn stop_dnsmasq(&self, network: &str) {
+        let mut st = self.lock();
+        if st.dnsmasq.remove(network).is_some() {
+            st.calls.push(format!("stop_dnsmasq {network}"));
+        }
+    }
+
+    fn dnsmasq_status(&self, network: &str) -> Option<ChildStatus> {
+        self.lock().dnsmasq.get(network).map(|_| ChildStatus {
+            pid: Some(1),
+            restarts: 0,
+        })
+    }
+}
+
+/// A bridge Vireo wants to exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredBridge {
+    pub name: IfName,
+    pub mtu: Option<Mtu>,
+    /// Gateway address and subnet (`None` for bridges without a host address).
+    pub address: Option<(Ipv4Addr, Ipv4Cidr)>,
+}
+
+/// A tap Vireo wants to exist, attached to `bridge`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredTap {
+    pub name: IfName,
+    pub bridge: IfName,
+    pub mtu: Option<Mtu>,
+    pub up: bool,
+}
+
+/// What a reconcile pass changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub created: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// Lists the host's Vireo-owned links (`vb-`/`vt-` names that pass [`IfName`] validation).
+pub fn owned_links(host: &dyn HostNet) -> Result<Vec<LinkInfo>, HostError> {
+    Ok(host
+        .list_links()?
+        .into_iter()
+        .filter(|l| IfName::owned(&l.name).is_ok())
+        .collect())
+}
+
+/// Makes the host's Vireo links match `bridges` + `taps`: creates missing ones, (re)applies
+/// master/MTU/address/up state, and deletes Vireo-owned links not in the desired set. Links
+/// without a Vireo prefix are never touched.
+pub fn reconcile_links(
+    host: &dyn HostNet,
+    bridges: &[DesiredBridge],
+    taps: &[DesiredTap],
+) -> Result<ReconcileReport, HostError> {
+    let existing: BTreeSet<String> = owned_links(host)?.into_iter().map(|l| l.name).collect();
+    let desired: BTreeSet<&str> = bridges
+        .iter()
+        .map(|b| b.name.as_str())
+        .chain(taps.iter().map(|t| t.name.as_str()))
+        .collect();
+    let mut report = ReconcileReport::default();
+    // Taps first, so removing a bridge never races with its ports.
+    let mut stale: Vec<&String> = existing
+        .iter()
+        .filter(|n| !desired.contains(n.as_str()))
+        .collect();
+    stale.sort_by_key(|n| !n.starts_with(TAP_PREFIX));
+    for name in stale {
+        let ifname = IfName::owned(name).map_err(|_| HostError::LinkName { name: name.clone() })?;
+        host.delete_link(&ifname)?;
+        report.removed.push(name.clone());
+    }
+    for b in bridges {
+        if !existing.contains(b.name.as_str()) {
+            host.create_bridge(&b.name)?;
+            report.created.push(b.name.to_string());
+        }
+        if let Some(mtu) = b.mtu {
+            host.set_mtu(b.name.as_str(), mtu)?;
+        }
+        if let Some((addr, subnet)) = b.address {
+            host.add_address(b.name.as_str(), addr, subnet)?;
+        }
+        host.set_up(b.name.as_str(), true)?;
+    }
+    for t in taps {
+        if !existing.contains(t.name.as_str()) {
+            host.create_tap(&t.name)?;
+            report.created.push(t.name.to_string());
+        }
+        host.set_master(t.name.as_str(), &t.bridge)?;
+        if let Some(mtu) = t.mtu {
+            host.set_mtu(t.name.as_str(), mtu)?;
+        }
+        host.set_up(t.name.as_str(), t.up)?;
+    }
+    debug_assert!(report
+        .created
+        .iter()
+        .chain(&report.removed)
+        .all(|n| n.starts_with(BRIDGE_PREFIX) || n.starts_with(TAP_PREFIX)));
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ip_link_json() {
+        let json = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"mtu":65536},
+            {"ifindex":5,"ifname":"vt-a","flags":["BROADCAST","MULTICAST"],"mtu":1500,"master":"vb-x",
+             "linkinfo":{"info_kind":"tun","info_data":{"type":"tap"}}}]"#;
+        let links = parse_ip_links(json).unwrap();
+        assert_eq!(links.len(), 2);
+        assert!(links[0].up && links[0].kind.is_none());
+        assert_eq!(links[1].kind.as_deref(), Some("tun"));
+        assert_eq!(links[1].master.as_deref(), Some("vb-x"));
+        assert!(parse_ip_links("{").is_err());
+    }
+
+    #[test]
+    fn reconcile_creates_missing_and_removes_only_own_leftovers() {
+        let host = FakeHost::new();
+        host.create_veth("eth0", "uplink-peer").unwrap();
+        host.create_bridge(&IfName::bridge("vb-old").unwrap())
+            .unwrap();
+        host.create_tap(&IfName::tap("vt-old").unwrap()).unwrap();
+        host.create_bridge(&IfName::bridge("vb-keep").unwrap())
+            .unwrap();
+        let subnet: Ipv4Cidr = "10.0.0.0/24".parse().unwrap();
+        let bridges = [DesiredBridge {
+            name: IfName::bridge("vb-keep").unwrap(),
+            mtu: Some(Mtu::new(1400).unwrap()),
+            address: Some((Ipv4Addr::new(10, 0, 0, 1), subnet)),
+        }];
+        let taps = [DesiredTap {
+            name: IfName::tap("vt-new").unwrap(),
+            bridge: IfName::bridge("vb-keep").unwrap(),
+            mtu: None,
+            up: true,
+        }];
+        let report = reconcile_links(&host, &bridges, &taps).unwrap();
+        assert_eq!(report.created, vec!["vt-new".to_owned()]);
+        assert_eq!(
+            report.removed,
+            vec!["vt-old".to_owned(), "vb-old".to_owned()]
+        );
+        let st = host.state();
+        let names: Vec<&str> = st.links.keys().map(String::as_str).collect();
+        assert_eq!(names, ["eth0", "uplink-peer", "vb-keep", "vt-new"]);
+        assert_eq!(st.links["vt-new"].master.as_deref(), Some("vb-keep"));
+        assert!(st.links["vt-new"].up && st.links["vb-keep"].up);
+        assert_eq!(st.links["vb-keep"].mtu, 1400);
+        assert_eq!(
+            st.addresses["vb-keep"],
+            vec![(Ipv4Addr::new(10, 0, 0, 1), 24)]
+        );
+        // A second pass changes nothing structurally.
+        let again = reconcile_links(&host, &bridges, &taps).unwrap();
+        assert_eq!(again, ReconcileReport::default());
+    }
+
+    #[test]
+    fn link_names_are_checked_before_reaching_ip() {
+        let host = IpHost::new(Some("does-not-matter".into()));
+        assert!(matches!(
+            host.set_up("-rf", true),
+            Err(HostError::LinkName { .. })
+        ));
+        assert!(matches!(
+            host.set_up("a b", true),
+            Err(HostError::LinkName { .. })
+        ));
+    }
+}
