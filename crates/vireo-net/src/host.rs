@@ -39,7 +39,7 @@ pub enum HostError {
         status: String,
         stderr: String,
     },
-    #[error("create tap")]
+    #[error("tap or namespace operation")]
     Tap(#[source] TapError),
     #[error("parse `ip -j link` output")]
     LinkJson(#[source] serde_json::Error),
@@ -338,17 +338,9 @@ impl HostNet for IpHost {
         match &self.netns {
             None => write().map_err(HostError::Forwarding),
             // /proc/sys/net resolves against the opening thread's namespace.
-            Some(ns) => std::thread::scope(|s| {
-                s.spawn(|| {
-                    tap::enter_netns(&PathBuf::from("/run/netns").join(ns))
-                        .map_err(|e| HostError::Forwarding(std::io::Error::other(e.to_string())))?;
-                    write().map_err(HostError::Forwarding)
-                })
-                .join()
-                .map_err(|_| HostError::Fake {
-                    what: "forwarding thread panicked".into(),
-                })?
-            }),
+            Some(ns) => tap::in_netns(ns, write)
+                .map_err(HostError::Tap)?
+                .map_err(HostError::Forwarding),
         }
     }
 

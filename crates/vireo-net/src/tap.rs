@@ -32,7 +32,7 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
-    #[error("tap helper thread for {tap} panicked")]
+    #[error("namespace helper thread ({tap}) panicked")]
     Thread { tap: String },
 }
 
@@ -55,26 +55,29 @@ struct IfReqFlags {
 pub fn create_tap(name: &IfName, netns: Option<&str>) -> Result<(), TapError> {
     match netns {
         None => create_tap_here(name),
-        Some(ns) => {
-            let path = PathBuf::from("/run/netns").join(ns);
-            let name = name.clone();
-            std::thread::scope(|scope| {
-                scope
-                    .spawn(|| {
-                        enter_netns(&path)?;
-                        create_tap_here(&name)
-                    })
-                    .join()
-                    .map_err(|_| TapError::Thread {
-                        tap: name.to_string(),
-                    })?
-            })
-        }
+        Some(ns) => in_netns(ns, || create_tap_here(name))?,
     }
 }
 
+/// Runs `f` on a helper thread that has entered the named namespace (`/run/netns/<netns>`);
+/// the calling thread's namespace never changes. Sockets `f` creates stay in that namespace.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> Result<T, TapError> {
+    let path = PathBuf::from("/run/netns").join(netns);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter_netns(&path)?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| TapError::Thread {
+                tap: format!("netns {netns}"),
+            })?
+    })
+}
+
 /// Moves the calling thread into the network namespace at `path`.
-pub(crate) fn enter_netns(path: &std::path::Path) -> Result<(), TapError> {
+fn enter_netns(path: &std::path::Path) -> Result<(), TapError> {
     let ns = File::open(path).map_err(|source| TapError::Netns {
         path: path.to_path_buf(),
         source,
