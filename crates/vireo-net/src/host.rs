@@ -661,9 +661,77 @@ pub fn reconcile_links(
     Ok(report)
 }
 
+/// Could not bring Vireo's nftables tables to the desired state.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("render ruleset")]
+    Render(#[source] crate::nft::RulesetError),
+    #[error("apply or read back ruleset")]
+    Host(#[source] HostError),
+}
+
+/// Outcome of [`reconcile_rules`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesReport {
+    /// What the kernel holds after this call; keep it as `last` for the next pass.
+    pub snapshot: NftSnapshot,
+    /// Whether the ruleset was (re)applied: no previous snapshot, or drift was found.
+    pub applied: bool,
+}
+
+/// Ensures Vireo's tables hold `ruleset`. With `last` (the snapshot taken after the previous
+/// apply of the same ruleset) it first reads the tables back and re-applies only if they
+/// drifted; without it, it applies unconditionally. Applying is one atomic transaction.
+pub fn reconcile_rules(
+    host: &dyn HostNet,
+    ruleset: &crate::nft::Ruleset,
+    last: Option<&NftSnapshot>,
+) -> Result<RulesReport, RulesError> {
+    let text = crate::nft::render_ruleset(ruleset).map_err(RulesError::Render)?;
+    if let Some(last) = last {
+        let current = host.nft_snapshot().map_err(RulesError::Host)?;
+        if &current == last {
+            return Ok(RulesReport {
+                snapshot: current,
+                applied: false,
+            });
+        }
+        tracing::warn!("nftables drift in Vireo's tables; re-applying");
+    }
+    host.nft_apply(&text).map_err(RulesError::Host)?;
+    let snapshot = host.nft_snapshot().map_err(RulesError::Host)?;
+    Ok(RulesReport {
+        snapshot,
+        applied: true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconcile_rules_reapplies_only_on_drift() {
+        let host = FakeHost::new();
+        let rs = crate::nft::Ruleset::default();
+        let first = reconcile_rules(&host, &rs, None).unwrap();
+        assert!(first.applied);
+        let second = reconcile_rules(&host, &rs, Some(&first.snapshot)).unwrap();
+        assert!(!second.applied);
+        // Someone edits the tables behind Vireo's back.
+        host.nft_apply("table inet vireo {}").unwrap();
+        let third = reconcile_rules(&host, &rs, Some(&first.snapshot)).unwrap();
+        assert!(third.applied);
+        assert_eq!(third.snapshot, first.snapshot);
+        assert_eq!(
+            host.state()
+                .calls
+                .iter()
+                .filter(|c| *c == "nft_apply")
+                .count(),
+            3
+        );
+    }
 
     #[test]
     fn parses_ip_link_json() {

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use vireo_net::dnsmasq::{parse_leases, render_dnsmasq, Reservation, Upstream};
-use vireo_net::host::{reconcile_links, DesiredBridge, DesiredTap};
+use vireo_net::host::{reconcile_links, reconcile_rules, DesiredBridge, DesiredTap};
 use vireo_net::nft::{
     render_ruleset, Action, Direction, FirewallRule, NetworkRules, PortForward, Protocol, Ruleset,
     Uplink, VmPort, L4,
@@ -385,8 +385,16 @@ fn real_nat_masquerade_port_forward_and_drift_repair() {
     let drifted = host.nft_snapshot().unwrap();
     assert_ne!(drifted, applied);
     assert_eq!(drifted.rule_count() + 1, applied.rule_count());
-    host.nft_apply(&text).unwrap();
+    let repaired = reconcile_rules(&host, &ruleset, Some(&applied)).unwrap();
+    assert!(repaired.applied);
+    assert_eq!(repaired.snapshot, applied);
     assert_eq!(host.nft_snapshot().unwrap(), applied);
+    // In sync now: the next pass only reads.
+    assert!(
+        !reconcile_rules(&host, &ruleset, Some(&applied))
+            .unwrap()
+            .applied
+    );
 }
 
 #[test]
