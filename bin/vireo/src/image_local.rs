@@ -31,6 +31,16 @@ pub enum CompressionArg {
     Zstd,
 }
 
+/// How `convert` writes the output's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CacheArg {
+    /// Bypass the page cache (O_DIRECT) where the filesystem allows it.
+    #[default]
+    None,
+    /// Write through the page cache.
+    Writeback,
+}
+
 /// qcow2 preallocation choice on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum PreallocationArg {
@@ -84,6 +94,9 @@ pub enum ImageLocalCmd {
         /// Flush the output to disk before renaming it into place (qemu-img does not).
         #[arg(long)]
         sync: bool,
+        /// Output data path: "none" bypasses the page cache (direct I/O), "writeback" uses it.
+        #[arg(short = 't', long, value_enum, default_value_t)]
+        cache: CacheArg,
         #[command(flatten)]
         qcow2: FormatArgs,
     },
@@ -215,6 +228,7 @@ pub fn run(cmd: ImageLocalCmd) -> anyhow::Result<i32> {
             threads,
             quiet,
             sync,
+            cache,
             qcow2,
         } => {
             let format = parse_format(&out_format)?;
@@ -226,6 +240,7 @@ pub fn run(cmd: ImageLocalCmd) -> anyhow::Result<i32> {
                 backing: None,
                 qcow2: qcow2_options(&qcow2)?,
                 vmdk_subformat: vmdk_subformat(&qcow2),
+                direct_io: cache == CacheArg::None,
             };
             let bar = if quiet {
                 indicatif::ProgressBar::hidden()
@@ -280,6 +295,7 @@ pub fn run(cmd: ImageLocalCmd) -> anyhow::Result<i32> {
                 backing,
                 vmdk_subformat: vmdk_subformat(&qcow2),
                 qcow2: q,
+                direct_io: false,
             };
             ops::create_with(&file, format, size, &spec)
                 .with_context(|| format!("creating {}", file.display()))?;

@@ -174,6 +174,16 @@ pub trait BlockSink: Send {
         None
     }
 
+    /// Reserves storage for the guest run `[offset, offset + len)` and returns where its bytes
+    /// must be written, or `None` when the caller should use `write_at` instead. After a
+    /// `Some`, the sink already maps the run; the caller must write all `len` bytes there
+    /// before calling `finish`. Only offered for 4 KiB-aligned runs of whole units that the
+    /// sink has not stored yet. Default: `None`.
+    fn place(&mut self, offset: u64, len: u64) -> Result<Option<Placement>, ImageError> {
+        let _ = (offset, len);
+        Ok(None)
+    }
+
     /// Stores one unit (starting at the unit-aligned guest `offset`) that
     /// [`UnitEncoder::encode`] produced. Only called when [`BlockSink::unit_encoder`] returned
     /// an encoder; other sinks reject it.
@@ -183,6 +193,17 @@ pub trait BlockSink: Send {
             "encoded unit at offset {offset} given to a sink without an encoder"
         )))
     }
+}
+
+/// Where a sink wants a run of guest data stored, so that a converter can perform the write
+/// itself, possibly on another thread and in parallel with other placed writes.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The file to write (opened for writing; may use `O_DIRECT`, so the buffer address,
+    /// offset and length must be multiples of 4 KiB — [`crate::dio::AlignedBuf`]).
+    pub file: std::sync::Arc<std::fs::File>,
+    /// Byte offset in `file` where the run's first byte goes.
+    pub offset: u64,
 }
 
 /// Encodes whole units for a sink off the writer thread (see [`BlockSink::unit_encoder`]).

@@ -14,6 +14,7 @@ pub mod error;
 
 // Native formats (qcow2, raw), detection and the operations built on them.
 pub mod detect;
+pub mod dio;
 pub mod ops;
 pub mod qcow2;
 pub mod raw;

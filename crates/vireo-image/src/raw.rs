@@ -8,10 +8,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::device::{BlockSink, BlockSource, Extent, ExtentKind, Format};
+use crate::device::{BlockSink, BlockSource, Extent, ExtentKind, Format, Placement};
+use crate::dio::{DataWriter, DIO_ALIGN};
 use crate::error::ImageError;
 
 /// Hole granularity of the raw writer.
@@ -168,6 +168,7 @@ pub struct RawSink {
     size: u64,
     /// Everything at or past this offset has never been written (reads as a hole).
     high_water: u64,
+    data: DataWriter,
 }
 
 impl RawSink {
@@ -180,18 +181,25 @@ impl RawSink {
             .truncate(true)
             .open(path)
             .map_err(|e| ImageError::io(format!("creating {}", path.display()), e))?;
+        // Full size up front: data writes then never extend the file.
+        file.set_len(size)
+            .map_err(|e| ImageError::io(format!("setting the size of {}", path.display()), e))?;
         Ok(RawSink {
             path: path.to_path_buf(),
             file,
             size,
             high_water: 0,
+            data: DataWriter::buffered(path),
         })
     }
 
-    fn pwrite(&self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| ImageError::io(format!("writing {} at {offset}", self.path.display()), e))
+    /// Writes aligned data with `O_DIRECT` where the filesystem allows it (see [`crate::dio`]).
+    pub fn enable_direct_io(&mut self) -> bool {
+        self.data.enable_direct()
+    }
+
+    fn pwrite(&mut self, buf: &[u8], offset: u64) -> Result<(), ImageError> {
+        self.data.write_all_at(&self.file, buf, offset)
     }
 }
 
@@ -233,6 +241,25 @@ impl BlockSink for RawSink {
         }
         self.high_water = self.high_water.max(offset + len);
         Ok(())
+    }
+
+    fn place(&mut self, offset: u64, len: u64) -> Result<Option<Placement>, ImageError> {
+        let Some(file) = self.data.direct_file() else {
+            return Ok(None);
+        };
+        let align = DIO_ALIGN as u64;
+        if len == 0
+            || offset < self.high_water
+            || !offset.is_multiple_of(align)
+            || !len.is_multiple_of(align)
+            || offset.checked_add(len).is_none_or(|e| e > self.size)
+        {
+            return Ok(None);
+        }
+        // Allocate exactly the run (zero runs stay holes) so the write is an overwrite.
+        self.data.reserve(offset, offset + len, false)?;
+        self.high_water = offset + len;
+        Ok(Some(Placement { file, offset }))
     }
 
     fn finish(self: Box<Self>) -> Result<(), ImageError> {

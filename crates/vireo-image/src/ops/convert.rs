@@ -16,12 +16,16 @@
 //!   conversion is a temporary file that is deleted ([`super::TempTarget`]).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 
 use super::{new_sink, CreateSpec, TempTarget};
-use crate::device::{BlockSink, BlockSource, ExtentKind, Format, Limits, PathPolicy, UnitEncoder};
+use crate::device::{
+    BlockSink, BlockSource, ExtentKind, Format, Limits, PathPolicy, Placement, UnitEncoder,
+};
+use crate::dio::AlignedBuf;
 use crate::error::ImageError;
 use crate::raw::is_zero;
 
@@ -53,11 +57,15 @@ pub struct ConvertOptions {
 }
 
 impl ConvertOptions {
+    /// Defaults: no compression, direct I/O for the output data, sync before rename.
     pub fn new(format: Format) -> ConvertOptions {
         ConvertOptions {
             format,
             compress: false,
-            spec: CreateSpec::default(),
+            spec: CreateSpec {
+                direct_io: true,
+                ..CreateSpec::default()
+            },
             threads: 0,
             limits: Limits::default(),
             policy: PathPolicy::default(),
@@ -140,11 +148,91 @@ enum Piece {
 }
 
 #[derive(Debug)]
-struct Done {
+struct Done<'p> {
     index: u64,
-    buf: Vec<u8>,
+    buf: Pooled<'p>,
     pieces: Vec<Piece>,
     read: u64,
+}
+
+/// A bounded set of recycled chunk buffers (aligned, so sinks may write them with direct I/O).
+/// At most `cap` buffers exist; `get` blocks until one is free, which is what bounds memory
+/// when placed writes lag behind reading.
+#[derive(Debug)]
+struct BufPool {
+    state: Mutex<(Vec<AlignedBuf>, usize)>, // (free buffers, buffers allocated)
+    freed: Condvar,
+    cap: usize,
+    len: usize,
+    stop: AtomicBool,
+}
+
+impl BufPool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<AlignedBuf>, usize)> {
+        // A list and a counter, each updated in one step: poisoning cannot break them.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self) -> Option<Pooled<'_>> {
+        let mut st = self.lock();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(b) = st.0.pop() {
+                return Some(Pooled {
+                    buf: Some(b),
+                    pool: self,
+                });
+            }
+            if st.1 < self.cap {
+                st.1 += 1;
+                drop(st);
+                return Some(Pooled {
+                    buf: Some(AlignedBuf::new(self.len)),
+                    pool: self,
+                });
+            }
+            st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn halt(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _guard = self.lock();
+        self.freed.notify_all();
+    }
+}
+
+/// A buffer on loan from a [`BufPool`]; returns itself when dropped.
+#[derive(Debug)]
+struct Pooled<'p> {
+    buf: Option<AlignedBuf>,
+    pool: &'p BufPool,
+}
+
+impl Pooled<'_> {
+    fn slice(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[], |b| b.as_slice())
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.pool.lock().0.push(b);
+            self.pool.freed.notify_one();
+        }
+    }
+}
+
+/// A placed write for the writer threads: `len` bytes of `buf` from `at` go to `placement`.
+#[derive(Debug)]
+struct WriteJob<'p> {
+    buf: Arc<Pooled<'p>>,
+    at: usize,
+    len: usize,
+    placement: Placement,
 }
 
 /// Claims chunk indices in order, never more than `window` ahead of the writer.
@@ -194,6 +282,10 @@ impl Scheduler {
     }
 }
 
+/// Placed writes run on this many threads: direct writes to a file whose space is already
+/// allocated proceed in parallel, which keeps the device queue full.
+const WRITERS: usize = 4;
+
 /// Copies the guest content of `src` into `sink` (which must be at least as large). Ranges
 /// that read as zero are not written. Does not call `finish`.
 pub fn copy(
@@ -217,28 +309,38 @@ pub fn copy(
         threads
     };
     let encoder = sink.unit_encoder();
+    let window = threads as u64 + 2;
     let sched = Scheduler {
         state: Mutex::new((0, 0)),
         moved: Condvar::new(),
-        window: (threads as u64 * 2 + 2).max(4),
+        window,
         chunks,
         stop: AtomicBool::new(false),
     };
-    let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let pool = BufPool {
+        state: Mutex::new((Vec::new(), 0)),
+        freed: Condvar::new(),
+        cap: window as usize + WRITERS,
+        len: chunk as usize,
+        stop: AtomicBool::new(false),
+    };
+    let write_error: Mutex<Option<ImageError>> = Mutex::new(None);
     let (tx, rx) = mpsc::channel::<Result<Done, ImageError>>();
+    let (job_tx, job_rx) = mpsc::channel::<WriteJob>();
+    let job_rx = Mutex::new(job_rx);
     let mut stats = CopyStats::default();
+    let halt_all = || {
+        sched.halt();
+        pool.halt();
+    };
 
     std::thread::scope(|scope| -> Result<(), ImageError> {
         for _ in 0..threads {
             let tx = tx.clone();
-            let (sched, pool, encoder) = (&sched, &pool, encoder.clone());
+            let (sched, pool, encoder, halt_all) = (&sched, &pool, encoder.clone(), &halt_all);
             scope.spawn(move || {
                 while let Some(index) = sched.claim(cancel) {
-                    let buf = pool
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .pop()
-                        .unwrap_or_default();
+                    let Some(buf) = pool.get() else { return };
                     let start = index * chunk;
                     let end = (start + chunk).min(size);
                     let r = process_chunk(src, start, end, unit, encoder.as_deref(), buf).map(
@@ -251,13 +353,31 @@ pub fn copy(
                     );
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
-                        sched.halt();
+                        halt_all();
                         return;
                     }
                 }
             });
         }
         drop(tx);
+        for _ in 0..WRITERS {
+            let (job_rx, write_error, halt_all) = (&job_rx, &write_error, &halt_all);
+            scope.spawn(move || loop {
+                let job = match job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                };
+                let bytes = &job.buf.slice()[job.at..job.at + job.len];
+                if let Err(e) = job.placement.file.write_all_at(bytes, job.placement.offset) {
+                    let mut slot = write_error.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(ImageError::io(
+                        format!("writing output at {}", job.placement.offset),
+                        e,
+                    ));
+                    halt_all();
+                }
+            });
+        }
 
         let result = (|| {
             let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
@@ -266,20 +386,43 @@ pub fn copy(
                 if cancel.load(Ordering::Relaxed) {
                     return Err(ImageError::Cancelled);
                 }
+                if let Some(e) = write_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    return Err(e);
+                }
                 let done = match rx.recv() {
                     Ok(r) => r?,
-                    // All workers gone without finishing: only happens on cancel.
-                    Err(_) => return Err(ImageError::Cancelled),
+                    // All readers gone without finishing: cancelled, or a write failed.
+                    Err(_) => {
+                        return Err(write_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .take()
+                            .unwrap_or(ImageError::Cancelled))
+                    }
                 };
                 pending.insert(done.index, done);
                 while let Some(done) = pending.remove(&next) {
                     let Done {
                         buf, pieces, read, ..
                     } = done;
+                    let buf = Arc::new(buf);
                     for piece in pieces {
                         match piece {
                             Piece::Plain { offset, at, len } => {
-                                sink.write_at(&buf[at..at + len], offset)?;
+                                match sink.place(offset, len as u64)? {
+                                    Some(placement) => {
+                                        let job = WriteJob {
+                                            buf: buf.clone(),
+                                            at,
+                                            len,
+                                            placement,
+                                        };
+                                        if job_tx.send(job).is_err() {
+                                            return Err(ImageError::Cancelled);
+                                        }
+                                    }
+                                    None => sink.write_at(&buf.slice()[at..at + len], offset)?,
+                                }
                                 stats.bytes_written += len as u64;
                             }
                             Piece::Encoded { offset, bytes } => {
@@ -289,7 +432,6 @@ pub fn copy(
                         }
                     }
                     stats.bytes_read += read;
-                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
                     next += 1;
                     sched.written(next);
                     progress(Progress {
@@ -300,25 +442,36 @@ pub fn copy(
             }
             Ok(())
         })();
-        sched.halt();
+        // Let the writers drain the queue (or stop on error), then report the first failure.
+        drop(job_tx);
+        if result.is_err() {
+            halt_all();
+        }
         result
     })?;
+    if let Some(e) = write_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
     Ok(stats)
 }
 
 /// Reads one chunk `[start, end)` and splits it into pieces for the sink.
-fn process_chunk(
+fn process_chunk<'p>(
     src: &dyn BlockSource,
     start: u64,
     end: u64,
     unit: u64,
     encoder: Option<&dyn UnitEncoder>,
-    mut buf: Vec<u8>,
-) -> Result<(Vec<u8>, Vec<Piece>, u64), ImageError> {
+    mut chunk_buf: Pooled<'p>,
+) -> Result<(Pooled<'p>, Vec<Piece>, u64), ImageError> {
     let len = (end - start) as usize;
-    if buf.len() < len {
-        buf.resize(len, 0);
+    let Some(aligned) = chunk_buf.buf.as_mut() else {
+        return Err(ImageError::InvalidArgument("chunk buffer missing".into()));
+    };
+    if aligned.len() < len {
+        *aligned = AlignedBuf::new(len);
     }
+    let buf = aligned.as_mut_slice();
     // Ranges (relative to `start`) holding source data.
     let mut data: Vec<(usize, usize)> = Vec::new();
     let mut pos = start;
@@ -397,7 +550,7 @@ fn process_chunk(
         }
     }
     flush_run(&mut run, &mut pieces);
-    Ok((buf, pieces, read))
+    Ok((chunk_buf, pieces, read))
 }
 
 /// Zeroes the bytes of `[ua, ub)` not covered by any range in `data` (sorted, disjoint).

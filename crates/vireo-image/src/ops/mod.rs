@@ -104,6 +104,8 @@ pub struct CreateSpec {
     pub qcow2: CreateOptions,
     /// VMDK variant to write (qemu's default is monolithicSparse).
     pub vmdk_subformat: VmdkSubformat,
+    /// Write bulk data with `O_DIRECT` where possible (qcow2 and raw; see [`crate::dio`]).
+    pub direct_io: bool,
 }
 
 impl Default for CreateSpec {
@@ -112,6 +114,7 @@ impl Default for CreateSpec {
             backing: None,
             qcow2: CreateOptions::default(),
             vmdk_subformat: VmdkSubformat::MonolithicSparse,
+            direct_io: false,
         }
     }
 }
@@ -195,7 +198,11 @@ pub(crate) fn new_sink(
                 opts.backing_format = Some(fmt);
                 backing_src = Some(src);
             }
-            Ok(Box::new(Qcow2Sink::create(file, size, opts, backing_src)?))
+            let mut sink = Qcow2Sink::create(file, size, opts, backing_src)?;
+            if spec.direct_io {
+                sink.enable_direct_io();
+            }
+            Ok(Box::new(sink))
         }
         Format::Raw => {
             if spec.backing.is_some() {
@@ -203,7 +210,11 @@ pub(crate) fn new_sink(
                     "raw images cannot have a backing file".into(),
                 ));
             }
-            Ok(Box::new(RawSink::create(file, size)?))
+            let mut sink = RawSink::create(file, size)?;
+            if spec.direct_io {
+                sink.enable_direct_io();
+            }
+            Ok(Box::new(sink))
         }
         Format::Vmdk => {
             if spec.backing.is_some() {

@@ -24,7 +24,8 @@ use std::sync::Arc;
 use super::compress;
 use super::header::{self, CompressionType, Header};
 use super::reader::{pread_fill, OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
-use crate::device::{BlockSink, BlockSource, Format, UnitEncoder};
+use crate::device::{BlockSink, BlockSource, Format, Placement, UnitEncoder};
+use crate::dio::{DataWriter, DIO_ALIGN};
 use crate::error::ImageError;
 
 /// Bytes of L2 tables a sink keeps in memory before writing the oldest out.
@@ -151,6 +152,8 @@ pub struct Qcow2Sink {
     compressed_tail: Option<u64>,
     /// Read for partial-cluster writes over unallocated ranges.
     backing: Option<Box<dyn BlockSource>>,
+    /// Bulk data clusters go through here (optionally bypassing the page cache).
+    data: DataWriter,
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> ImageError {
@@ -200,6 +203,7 @@ impl Qcow2Sink {
             refcount_overrides: BTreeMap::new(),
             compressed_tail: None,
             backing,
+            data: DataWriter::buffered(path),
             opts,
         };
         if sink.opts.preallocation == Preallocation::Metadata {
@@ -210,6 +214,12 @@ impl Qcow2Sink {
 
     fn cs(&self) -> u64 {
         1u64 << self.cluster_bits
+    }
+
+    /// Writes whole data clusters with `O_DIRECT` where the filesystem allows it (see
+    /// [`crate::dio`]). Returns whether direct I/O is in use.
+    pub fn enable_direct_io(&mut self) -> bool {
+        self.data.enable_direct()
     }
 
     fn per_l2(&self) -> u64 {
@@ -381,7 +391,7 @@ impl Qcow2Sink {
             self.release(old);
         }
         let host = self.alloc(n);
-        self.pwrite(buf, host)?;
+        self.data.write_all_at(&self.file, buf, host)?;
         for i in 0..n {
             self.set_entry(first_cluster + i, (host + i * cs) | OFLAG_COPIED)?;
         }
@@ -414,7 +424,8 @@ impl BlockSink for Qcow2Sink {
             let chunk = ((cs - in_c) as usize).min(buf.len() - pos);
             let entry = self.entry(cluster)?;
             if let Some(host) = Self::in_place_host(entry) {
-                self.pwrite(&buf[pos..pos + chunk], host + in_c)?;
+                self.data
+                    .write_all_at(&self.file, &buf[pos..pos + chunk], host + in_c)?;
                 pos += chunk;
                 continue;
             }
@@ -572,6 +583,38 @@ impl BlockSink for Qcow2Sink {
                 cluster_size: self.cs() as usize,
             }) as Arc<dyn UnitEncoder>
         })
+    }
+
+    fn place(&mut self, offset: u64, len: u64) -> Result<Option<Placement>, ImageError> {
+        let cs = self.cs();
+        let Some(file) = self.data.direct_file() else {
+            return Ok(None);
+        };
+        if cs < DIO_ALIGN as u64
+            || len == 0
+            || !offset.is_multiple_of(cs)
+            || !len.is_multiple_of(cs)
+            || offset.checked_add(len).is_none_or(|e| e > self.size)
+        {
+            return Ok(None);
+        }
+        let first = offset / cs;
+        let n = len / cs;
+        for c in first..first + n {
+            if Self::in_place_host(self.entry(c)?).is_some() {
+                return Ok(None);
+            }
+        }
+        for c in first..first + n {
+            let old = self.entry(c)?;
+            self.release(old);
+        }
+        let host = self.alloc(n);
+        self.data.reserve(host, host + len, true)?;
+        for i in 0..n {
+            self.set_entry(first + i, (host + i * cs) | OFLAG_COPIED)?;
+        }
+        Ok(Some(Placement { file, offset: host }))
     }
 
     fn write_encoded(&mut self, offset: u64, encoded: Vec<u8>) -> Result<(), ImageError> {
