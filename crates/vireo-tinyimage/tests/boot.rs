@@ -9,26 +9,24 @@
 //! The guest's only network is QEMU user-mode networking (no traffic leaves the host's
 //! loopback/slirp stack beyond what the guest itself sends, and the tests send nothing).
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use base64::Engine;
+use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use vireo_tinyimage::{build, BuildOptions, TinyImage};
 
+use common::{cache_dir, Qemu};
+
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(15);
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("VIREO_TINY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/vireo-test/tiny"))
-}
+/// Read timeout of guest-agent replies.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn build_into(out_dir: &Path) -> Result<(TinyImage, Duration)> {
     let progress = |line: &str| eprintln!("  build: {line}");
@@ -41,290 +39,81 @@ fn build_into(out_dir: &Path) -> Result<(TinyImage, Duration)> {
     Ok((image, started.elapsed()))
 }
 
-/// A running QEMU with the tiny image; killed when dropped.
-struct Vm {
-    child: Child,
-    dir: PathBuf,
-    serial: Arc<Mutex<Vec<u8>>>,
-    serial_in: UnixStream,
-    started: Instant,
+/// Starts QEMU with the tiny image (direct kernel boot), `data_disk` as a virtio disk, user
+/// networking, the guest agent at `dir/ga.sock` and QMP at `dir/qmp.sock`.
+fn start_vm(image: &TinyImage, dir: &Path, data_disk: &Path, extra_cmdline: &str) -> Result<Qemu> {
+    let serial_sock = dir.join("serial.sock");
+    let cmdline = format!("{} {extra_cmdline}", image.cmdline);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-nodefaults",
+    ])
+    .args(["-display", "none", "-no-reboot"])
+    .arg("-kernel")
+    .arg(&image.kernel)
+    .arg("-initrd")
+    .arg(&image.initrd)
+    .args(["-append", cmdline.trim()])
+    // wait=on: QEMU does not start the guest before the test is connected, so no
+    // console output is lost.
+    .arg("-chardev")
+    .arg(format!(
+        "socket,id=con,path={},server=on,wait=on",
+        serial_sock.display()
+    ))
+    .args(["-serial", "chardev:con"])
+    .arg("-drive")
+    .arg(format!(
+        "file={},if=none,id=data,format=qcow2",
+        data_disk.display()
+    ))
+    .args(["-device", "virtio-blk-pci,drive=data,serial=data"])
+    .args(["-netdev", "user,id=net0"])
+    .args(["-device", "virtio-net-pci,netdev=net0"])
+    .args(["-device", "virtio-serial-pci"])
+    .arg("-chardev")
+    .arg(format!(
+        "socket,id=ga,path={},server=on,wait=off",
+        dir.join("ga.sock").display()
+    ))
+    .args([
+        "-device",
+        "virtserialport,chardev=ga,name=org.qemu.guest_agent.0",
+    ])
+    .arg("-qmp")
+    .arg(format!(
+        "unix:{},server=on,wait=off",
+        dir.join("qmp.sock").display()
+    ));
+    Qemu::spawn(&mut cmd, dir, &serial_sock)
 }
 
-impl Vm {
-    fn start(image: &TinyImage, dir: &Path, data_disk: &Path, extra_cmdline: &str) -> Result<Vm> {
-        let serial_sock = dir.join("serial.sock");
-        let _ = std::fs::remove_file(&serial_sock);
-        let cmdline = format!("{} {extra_cmdline}", image.cmdline);
-        let started = Instant::now();
-        let mut child = Command::new("qemu-system-x86_64")
-            .args([
-                "-machine",
-                "q35",
-                "-accel",
-                "tcg",
-                "-m",
-                "256",
-                "-nodefaults",
-            ])
-            .args(["-display", "none", "-no-reboot"])
-            .arg("-kernel")
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&image.initrd)
-            .args(["-append", cmdline.trim()])
-            // wait=on: QEMU does not start the guest before the test is connected, so no
-            // console output is lost.
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=con,path={},server=on,wait=on",
-                serial_sock.display()
-            ))
-            .args(["-serial", "chardev:con"])
-            .arg("-drive")
-            .arg(format!(
-                "file={},if=none,id=data,format=qcow2",
-                data_disk.display()
-            ))
-            .args(["-device", "virtio-blk-pci,drive=data,serial=data"])
-            .args(["-netdev", "user,id=net0"])
-            .args(["-device", "virtio-net-pci,netdev=net0"])
-            .args(["-device", "virtio-serial-pci"])
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=ga,path={},server=on,wait=off",
-                dir.join("ga.sock").display()
-            ))
-            .args([
-                "-device",
-                "virtserialport,chardev=ga,name=org.qemu.guest_agent.0",
-            ])
-            .arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                dir.join("qmp.sock").display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("qemu.stderr"))?)
-            .spawn()
-            .context("spawning qemu-system-x86_64")?;
-
-        let serial_in = loop {
-            match UnixStream::connect(&serial_sock) {
-                Ok(s) => break s,
-                Err(_) if started.elapsed() < Duration::from_secs(20) => {
-                    if let Some(status) = child.try_wait()? {
-                        bail!(
-                            "QEMU exited early ({status}): {}",
-                            std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default()
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    return Err(e).context("connecting to the serial socket");
-                }
-            }
-        };
-        let serial = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = serial_in.try_clone()?;
-        let sink = Arc::clone(&serial);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Ok(Vm {
-            child,
-            dir: dir.to_owned(),
-            serial,
-            serial_in,
-            started,
-        })
-    }
-
-    fn console(&self) -> String {
-        String::from_utf8_lossy(&self.serial.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until `needle` appears in the console output after byte offset `from`.
-    fn wait_console(&mut self, needle: &str, from: usize, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = self.console();
-            if text.get(from..).is_some_and(|t| t.contains(needle)) {
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("QEMU exited ({status}) before {needle:?}; console:\n{text}");
-            }
-            if Instant::now() > deadline {
-                bail!("no {needle:?} on the console within {timeout:?}; console:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn console_len(&self) -> usize {
-        self.serial.lock().unwrap().len()
-    }
-
-    fn type_line(&mut self, line: &str) -> Result<()> {
-        self.serial_in.write_all(format!("{line}\n").as_bytes())?;
-        Ok(())
-    }
-
-    fn agent(&self) -> Result<Agent> {
-        Agent::connect(&self.dir.join("ga.sock"))
-    }
-
-    fn qmp(&self, command: &str) -> Result<Value> {
-        let stream = UnixStream::connect(self.dir.join("qmp.sock"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut writer = stream.try_clone()?;
-        let mut lines = BufReader::new(stream).lines();
-        let greeting = lines.next().context("no QMP greeting")??;
-        ensure!(greeting.contains("QMP"), "unexpected greeting {greeting}");
-        let mut call = |execute: &str| -> Result<Value> {
-            writeln!(writer, "{}", json!({ "execute": execute }))?;
-            for line in lines.by_ref() {
-                let v: Value = serde_json::from_str(&line?)?;
-                if v.get("return").is_some() || v.get("error").is_some() {
-                    return Ok(v);
-                }
-            }
-            bail!("QMP closed before answering {execute}")
-        };
-        call("qmp_capabilities")?;
-        call(command)
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "QEMU still running after {timeout:?}; console:\n{}",
-                    self.console()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// qemu-guest-agent over its unix socket, one JSON document per line.
-struct Agent {
-    writer: UnixStream,
-    lines: std::io::Lines<BufReader<UnixStream>>,
-}
-
-struct ExecResult {
-    exit_code: i64,
-    stdout: String,
-    stderr: String,
-}
-
-impl Agent {
-    fn connect(path: &Path) -> Result<Agent> {
-        let stream = UnixStream::connect(path).context("connecting to the agent socket")?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut agent = Agent {
-            writer: stream.try_clone()?,
-            lines: BufReader::new(stream).lines(),
-        };
-        // guest-sync discards anything a previous client left in the channel.
-        let id = std::process::id() as i64 * 1000 + 7;
-        writeln!(
-            agent.writer,
-            "{}",
-            json!({"execute": "guest-sync", "arguments": {"id": id}})
-        )?;
-        loop {
-            let line = agent.lines.next().context("agent closed during sync")??;
-            if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["return"] == json!(id)) {
-                return Ok(agent);
+/// Runs one QMP command on a fresh connection to `vm`'s `qmp.sock` and returns the reply.
+fn qmp(vm: &Qemu, command: &str) -> Result<Value> {
+    let stream = UnixStream::connect(vm.dir.join("qmp.sock"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = stream.try_clone()?;
+    let mut lines = BufReader::new(stream).lines();
+    let greeting = lines.next().context("no QMP greeting")??;
+    ensure!(greeting.contains("QMP"), "unexpected greeting {greeting}");
+    let mut call = |execute: &str| -> Result<Value> {
+        writeln!(writer, "{}", json!({ "execute": execute }))?;
+        for line in lines.by_ref() {
+            let v: Value = serde_json::from_str(&line?)?;
+            if v.get("return").is_some() || v.get("error").is_some() {
+                return Ok(v);
             }
         }
-    }
-
-    fn call(&mut self, command: Value) -> Result<Value> {
-        writeln!(self.writer, "{command}")?;
-        let line = self.lines.next().context("agent closed")??;
-        let reply: Value = serde_json::from_str(&line)?;
-        if let Some(err) = reply.get("error") {
-            bail!("agent error for {command}: {err}");
-        }
-        reply
-            .get("return")
-            .cloned()
-            .ok_or_else(|| anyhow!("agent reply without return: {line}"))
-    }
-
-    /// Only sends: commands like guest-shutdown answer nothing on success.
-    fn send(&mut self, command: Value) -> Result<()> {
-        writeln!(self.writer, "{command}")?;
-        Ok(())
-    }
-
-    fn exec(&mut self, path: &str, args: &[&str]) -> Result<ExecResult> {
-        let started = self.call(json!({
-            "execute": "guest-exec",
-            "arguments": {"path": path, "arg": args, "capture-output": true}
-        }))?;
-        let pid = started["pid"].clone();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.call(json!({
-                "execute": "guest-exec-status", "arguments": {"pid": pid}
-            }))?;
-            if status["exited"] == json!(true) {
-                let decode = |key: &str| -> Result<String> {
-                    let b64 = status.get(key).and_then(Value::as_str).unwrap_or("");
-                    let bytes = base64::engine::general_purpose::STANDARD.decode(b64)?;
-                    Ok(String::from_utf8_lossy(&bytes).into_owned())
-                };
-                return Ok(ExecResult {
-                    exit_code: status["exitcode"].as_i64().unwrap_or(-1),
-                    stdout: decode("out-data")?,
-                    stderr: decode("err-data")?,
-                });
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "guest-exec {path} did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn shell(&mut self, script: &str) -> Result<String> {
-        let r = self.exec("/bin/sh", &["-c", script])?;
-        ensure!(
-            r.exit_code == 0,
-            "`{script}` exited {}: {}",
-            r.exit_code,
-            r.stderr
-        );
-        Ok(r.stdout)
-    }
+        bail!("QMP closed before answering {execute}")
+    };
+    call("qmp_capabilities")?;
+    call(command)
 }
 
 fn qemu_img_create(path: &Path, bytes: u64) -> Result<()> {
@@ -358,7 +147,7 @@ fn tiny_guest_boots_and_honours_its_contract() -> Result<()> {
     qemu_img_create(&data_disk, image.default_data_disk_bytes)?;
 
     // Boot 1.
-    let mut vm = Vm::start(&image, work.path(), &data_disk, "")?;
+    let mut vm = start_vm(&image, work.path(), &data_disk, "")?;
     vm.wait_console(&image.ready_marker, 0, READY_TIMEOUT)?;
     eprintln!(
         "boot 1 (fresh data disk): ready {:.2} s after QEMU start",
@@ -370,7 +159,7 @@ fn tiny_guest_boots_and_honours_its_contract() -> Result<()> {
         "{console}"
     );
 
-    let mut agent = vm.agent()?;
+    let mut agent = vm.agent(AGENT_TIMEOUT)?;
     assert_eq!(agent.call(json!({"execute": "guest-ping"}))?, json!({}));
 
     // The console shell runs what is typed; $((6*7)) proves the output is the shell's, not
@@ -401,7 +190,7 @@ fn tiny_guest_boots_and_honours_its_contract() -> Result<()> {
     assert_eq!(agent.shell("hostname")?, "vireo-tiny\n");
 
     let powerdown_at = Instant::now();
-    let reply = vm.qmp("system_powerdown")?;
+    let reply = qmp(&vm, "system_powerdown")?;
     assert_eq!(reply["return"], json!({}), "{reply}");
     let status = vm.wait_exit(POWEROFF_TIMEOUT)?;
     assert!(status.success(), "QEMU exit status {status}");
@@ -413,7 +202,7 @@ fn tiny_guest_boots_and_honours_its_contract() -> Result<()> {
     drop(vm);
 
     // Boot 2: same disk, hostname from the kernel command line.
-    let mut vm = Vm::start(
+    let mut vm = start_vm(
         &image,
         work.path(),
         &data_disk,
@@ -426,7 +215,7 @@ fn tiny_guest_boots_and_honours_its_contract() -> Result<()> {
     );
     let console = vm.console();
     assert!(!console.contains("creating a filesystem"), "{console}");
-    let mut agent = vm.agent()?;
+    let mut agent = vm.agent(AGENT_TIMEOUT)?;
     assert_eq!(agent.shell("cat /data/marker")?, "persisted\n");
     assert_eq!(agent.shell("hostname")?, "second-boot\n");
 

@@ -10,18 +10,19 @@
 //!
 //! The guests get no network device; nothing leaves the host.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use base64::Engine;
+use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use sha2::Digest;
 use vireo_tinyimage::{build_disk, DiskBuildOptions, TinyDisk};
+
+use common::{cache_dir, Agent, Qemu};
 
 /// SeaBIOS + GRUB + kernel under TCG.
 const BIOS_READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -32,11 +33,8 @@ const POWEROFF_TIMEOUT: Duration = Duration::from_secs(30);
 /// One TCG guest at a time within this test binary (the machine has two cores).
 static BOOT_LOCK: Mutex<()> = Mutex::new(());
 
-fn cache_dir() -> PathBuf {
-    std::env::var_os("VIREO_TINY_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/vireo-test/tiny"))
-}
+/// Read timeout of guest-agent replies (OVMF guests answer slowly under TCG).
+const AGENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn build_into(out_dir: &Path) -> Result<(TinyDisk, Duration)> {
     let progress = |line: &str| eprintln!("  build: {line}");
@@ -72,213 +70,57 @@ enum Firmware {
     Ovmf,
 }
 
-/// A running QEMU booting the disk through firmware; killed when dropped.
-struct Vm {
-    child: Child,
-    dir: PathBuf,
-    serial: Arc<Mutex<Vec<u8>>>,
-    started: Instant,
-}
-
-impl Vm {
-    fn start(firmware: Firmware, boot_disk: &Path, dir: &Path) -> Result<Vm> {
-        let serial_sock = dir.join("serial.sock");
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-machine", "q35", "-accel", "tcg", "-m", "256"])
-            .args(["-nodefaults", "-display", "none", "-no-reboot"]);
-        if firmware == Firmware::Ovmf {
-            let template = vireo_qemu::ovmf::locate()?;
-            let files = vireo_qemu::ovmf::prepare_vars(&template, &dir.join("vars.fd"))?;
-            cmd.arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                    files.code.display()
-                ))
-                .arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,unit=1,file={}",
-                    files.vars.display()
-                ));
-        }
+/// Starts QEMU booting `boot_disk` through `firmware`, with the guest agent at `dir/ga.sock`.
+fn start_vm(firmware: Firmware, boot_disk: &Path, dir: &Path) -> Result<Qemu> {
+    let serial_sock = dir.join("serial.sock");
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", "q35", "-accel", "tcg", "-m", "256"])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"]);
+    if firmware == Firmware::Ovmf {
+        let template = vireo_qemu::ovmf::locate()?;
+        let files = vireo_qemu::ovmf::prepare_vars(&template, &dir.join("vars.fd"))?;
         cmd.arg("-drive")
             .arg(format!(
-                "file={},if=none,id=boot,format=qcow2",
-                boot_disk.display()
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                files.code.display()
             ))
-            .args(["-device", "virtio-blk-pci,drive=boot,bootindex=1"])
-            // wait=on: the guest does not start before the test is connected, so no console
-            // output (firmware, GRUB) is lost.
-            .arg("-chardev")
+            .arg("-drive")
             .arg(format!(
-                "socket,id=con,path={},server=on,wait=on",
-                serial_sock.display()
-            ))
-            .args(["-serial", "chardev:con"])
-            .args(["-device", "virtio-serial-pci"])
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=ga,path={},server=on,wait=off",
-                dir.join("ga.sock").display()
-            ))
-            .args([
-                "-device",
-                "virtserialport,chardev=ga,name=org.qemu.guest_agent.0",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("qemu.stderr"))?);
-        let started = Instant::now();
-        let mut child = cmd.spawn().context("spawning qemu-system-x86_64")?;
-        let serial_in = loop {
-            match UnixStream::connect(&serial_sock) {
-                Ok(s) => break s,
-                Err(_) if started.elapsed() < Duration::from_secs(20) => {
-                    if let Some(status) = child.try_wait()? {
-                        bail!(
-                            "QEMU exited early ({status}): {}",
-                            std::fs::read_to_string(dir.join("qemu.stderr")).unwrap_or_default()
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(e).context("connecting to the serial socket");
-                }
-            }
-        };
-        let serial = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&serial);
-        let mut reader = serial_in;
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Ok(Vm {
-            child,
-            dir: dir.to_owned(),
-            serial,
-            started,
-        })
+                "if=pflash,format=raw,unit=1,file={}",
+                files.vars.display()
+            ));
     }
-
-    fn console(&self) -> String {
-        String::from_utf8_lossy(&self.serial.lock().unwrap()).into_owned()
-    }
-
-    /// Waits for `needle` on the console; returns the time since QEMU started.
-    fn wait_console(&mut self, needle: &str, timeout: Duration) -> Result<Duration> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = self.console();
-            if text.contains(needle) {
-                return Ok(self.started.elapsed());
-            }
-            if let Some(status) = self.child.try_wait()? {
-                bail!("QEMU exited ({status}) before {needle:?}; console:\n{text}");
-            }
-            if Instant::now() > deadline {
-                bail!("no {needle:?} on the console within {timeout:?}; console:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("QEMU still running after {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    cmd.arg("-drive")
+        .arg(format!(
+            "file={},if=none,id=boot,format=qcow2",
+            boot_disk.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=boot,bootindex=1"])
+        // wait=on: the guest does not start before the test is connected, so no console
+        // output (firmware, GRUB) is lost.
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=con,path={},server=on,wait=on",
+            serial_sock.display()
+        ))
+        .args(["-serial", "chardev:con"])
+        .args(["-device", "virtio-serial-pci"])
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=ga,path={},server=on,wait=off",
+            dir.join("ga.sock").display()
+        ))
+        .args([
+            "-device",
+            "virtserialport,chardev=ga,name=org.qemu.guest_agent.0",
+        ]);
+    Qemu::spawn(&mut cmd, dir, &serial_sock)
 }
 
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// qemu-guest-agent over its unix socket, one JSON document per line.
-struct Agent {
-    writer: UnixStream,
-    lines: std::io::Lines<BufReader<UnixStream>>,
-}
-
-impl Agent {
-    fn connect(path: &Path) -> Result<Agent> {
-        let stream = UnixStream::connect(path).context("connecting to the agent socket")?;
-        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut agent = Agent {
-            writer: stream.try_clone()?,
-            lines: BufReader::new(stream).lines(),
-        };
-        // guest-sync discards anything a previous client left in the channel.
-        let id = i64::from(std::process::id()) * 1000 + 11;
-        writeln!(
-            agent.writer,
-            "{}",
-            json!({"execute": "guest-sync", "arguments": {"id": id}})
-        )?;
-        loop {
-            let line = agent.lines.next().context("agent closed during sync")??;
-            if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["return"] == json!(id)) {
-                return Ok(agent);
-            }
-        }
-    }
-
-    fn call(&mut self, command: Value) -> Result<Value> {
-        writeln!(self.writer, "{command}")?;
-        let line = self.lines.next().context("agent closed")??;
-        let reply: Value = serde_json::from_str(&line)?;
-        if let Some(err) = reply.get("error") {
-            bail!("agent error for {command}: {err}");
-        }
-        reply
-            .get("return")
-            .cloned()
-            .ok_or_else(|| anyhow!("agent reply without return: {line}"))
-    }
-
-    /// Runs `sh -c script`; returns (exit code, stdout).
-    fn shell(&mut self, script: &str) -> Result<(i64, String)> {
-        let started = self.call(json!({
-            "execute": "guest-exec",
-            "arguments": {"path": "/bin/sh", "arg": ["-c", script], "capture-output": true}
-        }))?;
-        let pid = started["pid"].clone();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = self.call(json!({
-                "execute": "guest-exec-status", "arguments": {"pid": pid}
-            }))?;
-            if status["exited"] == json!(true) {
-                let out = status.get("out-data").and_then(Value::as_str).unwrap_or("");
-                let out = base64::engine::general_purpose::STANDARD.decode(out)?;
-                return Ok((
-                    status["exitcode"].as_i64().unwrap_or(-1),
-                    String::from_utf8_lossy(&out).into_owned(),
-                ));
-            }
-            ensure!(Instant::now() < deadline, "`{script}` did not finish");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+/// Runs `sh -c script` in the guest; returns (exit code, stdout).
+fn shell(agent: &mut Agent, script: &str) -> Result<(i64, String)> {
+    let r = agent.exec("/bin/sh", &["-c", script])?;
+    Ok((r.exit_code, r.stdout))
 }
 
 /// Boots the disk (through an overlay) with `firmware`; checks the GRUB line, the readiness
@@ -296,16 +138,17 @@ fn boot_and_check(firmware: Firmware, ready_timeout: Duration) -> Result<()> {
     overlay(&disk, &boot_disk)?;
 
     let _serialised = BOOT_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let mut vm = Vm::start(firmware, &boot_disk, work.path())?;
+    let mut vm = start_vm(firmware, &boot_disk, work.path())?;
     let platform = match firmware {
         Firmware::SeaBios => "pc",
         Firmware::Ovmf => "efi",
     };
     let grub_at = vm.wait_console(
         &format!("vireo-tiny-disk: GRUB ({platform}) loading /vireo/vmlinuz"),
+        0,
         ready_timeout,
     )?;
-    let ready_at = vm.wait_console(&disk.ready_marker, ready_timeout)?;
+    let ready_at = vm.wait_console(&disk.ready_marker, 0, ready_timeout)?;
     eprintln!(
         "{firmware:?}: GRUB at {:.2} s, {} at {:.2} s after QEMU start",
         grub_at.as_secs_f64(),
@@ -313,28 +156,26 @@ fn boot_and_check(firmware: Firmware, ready_timeout: Duration) -> Result<()> {
         ready_at.as_secs_f64()
     );
 
-    let mut agent = Agent::connect(&vm.dir.join("ga.sock"))?;
+    let mut agent = vm.agent(AGENT_TIMEOUT)?;
     assert_eq!(agent.call(json!({"execute": "guest-ping"}))?, json!({}));
 
     // GRUB started the kernel (BOOT_IMAGE is GRUB's), with the disk's command line.
-    let (code, cmdline) = agent.shell("cat /proc/cmdline")?;
+    let (code, cmdline) = shell(&mut agent, "cat /proc/cmdline")?;
     assert_eq!(code, 0);
     assert_eq!(
         cmdline.trim(),
         format!("BOOT_IMAGE=/vireo/vmlinuz {}", disk.cmdline)
     );
     // The kernel knows which firmware it came from.
-    let (efi, _) = agent.shell("test -d /sys/firmware/efi")?;
+    let (efi, _) = shell(&mut agent, "test -d /sys/firmware/efi")?;
     assert_eq!(efi == 0, firmware == Firmware::Ovmf, "/sys/firmware/efi");
     // The boot disk is the virtio disk, and the guest left it alone (no data-disk serial).
-    let (code, out) = agent.shell("ls /sys/block; cat /proc/mounts")?;
+    let (code, out) = shell(&mut agent, "ls /sys/block; cat /proc/mounts")?;
     assert_eq!(code, 0);
     assert!(out.starts_with("vda\n"), "{out}");
     assert!(!out.contains("/dev/vda"), "{out}");
 
-    agent
-        .writer
-        .write_all(b"{\"execute\": \"guest-shutdown\"}\n")?;
+    agent.send(json!({"execute": "guest-shutdown"}))?;
     let status = vm.wait_exit(POWEROFF_TIMEOUT)?;
     assert!(status.success(), "QEMU exit status {status}");
     Ok(())
