@@ -174,17 +174,7 @@ fn package_dir(dir: &Path, disk: &str, manifest: bool) -> PathBuf {
     let raw = dir.join("src.raw");
     write_pattern_raw(&raw, 2 << 20, 9);
     let vmdk = dir.join(disk);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        s(&raw),
-        s(&vmdk),
-    ]);
+    qemu_img_from_raw(&raw, "vmdk", "subformat=streamOptimized", &vmdk);
     let size = std::fs::metadata(&vmdk).unwrap().len();
     let ovf = OVF_TEMPLATE
         .replace("DISK", disk)
@@ -438,17 +428,7 @@ fn mutated_archives_never_panic() {
     let raw = dir.path().join("tiny.raw");
     write_pattern_raw(&raw, 64 << 10, 4);
     let vmdk = pkg.join("disk1.vmdk");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        s(&raw),
-        s(&vmdk),
-    ]);
+    qemu_img_from_raw(&raw, "vmdk", "subformat=streamOptimized", &vmdk);
     let size = std::fs::metadata(&vmdk).unwrap().len();
     std::fs::write(
         pkg.join("vm.ovf"),

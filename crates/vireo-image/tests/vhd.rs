@@ -15,17 +15,7 @@ fn open(path: &Path) -> Box<dyn BlockSource> {
 
 fn make(dir: &Path, name: &str, sub: &str, raw: &Path) -> PathBuf {
     let img = dir.join(name);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vpc",
-        "-o",
-        &format!("subformat={sub}"),
-        s(raw),
-        s(&img),
-    ]);
+    qemu_img_from_raw(raw, "vpc", &format!("subformat={sub}"), &img);
     img
 }
 
@@ -34,16 +24,7 @@ fn fixed_and_dynamic_images_match_qemu() {
     let dir = scratch();
     // qemu creates a zero-sized fixed VHD (a lone footer) but cannot open it; we can.
     let empty = dir.path().join("empty.vhd");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-o",
-        "subformat=fixed",
-        s(&empty),
-        "0",
-    ]);
+    qemu_img_create(&empty, "vpc", "subformat=fixed", "0");
     assert_eq!(open(&empty).virtual_size(), 0);
     for (i, size) in [512u64, 1_000_000, 3 << 20, (9 << 20) + 4096]
         .into_iter()
@@ -61,17 +42,7 @@ fn fixed_and_dynamic_images_match_qemu() {
     let raw = dir.path().join("odd.raw");
     write_pattern_raw(&raw, 1_000_448, 3);
     let img = dir.path().join("forced.vhd");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vpc",
-        "-o",
-        "subformat=dynamic,force_size=on",
-        s(&raw),
-        s(&img),
-    ]);
+    qemu_img_from_raw(&raw, "vpc", "subformat=dynamic,force_size=on", &img);
     let src = open(&img);
     assert_eq!(src.virtual_size(), 1_000_448);
     assert_matches_qemu(src.as_ref(), &img, "vpc", dir.path());
@@ -82,16 +53,7 @@ fn large_sparse_dynamic_image_matches_qemu() {
     let dir = scratch();
     for sub in ["dynamic", "fixed"] {
         let img = dir.path().join(format!("big-{sub}.vhd"));
-        qemu_img(&[
-            "create",
-            "-q",
-            "-f",
-            "vpc",
-            "-o",
-            &format!("subformat={sub}"),
-            s(&img),
-            "5G",
-        ]);
+        qemu_img_create(&img, "vpc", &format!("subformat={sub}"), "5G");
         qemu_io(
             "vpc",
             &img,
@@ -194,14 +156,6 @@ fn expected_differencing(child_raw: &[u8], parent_raw: &[u8], child_vhd: &[u8]) 
     out
 }
 
-fn raw_of(img: &Path, dir: &Path) -> Vec<u8> {
-    let raw = dir.join("tmp-raw-of");
-    qemu_img(&["convert", "-f", "vpc", "-O", "raw", s(img), s(&raw)]);
-    let v = std::fs::read(&raw).unwrap();
-    std::fs::remove_file(raw).unwrap();
-    v
-}
-
 #[test]
 fn differencing_disks_read_through_bitmaps_and_parents() {
     let dir = scratch();
@@ -210,16 +164,7 @@ fn differencing_disks_read_through_bitmaps_and_parents() {
     write_pattern_raw(&parent_raw, size, 77);
     let parent = make(dir.path(), "parent.vhd", "dynamic", &parent_raw);
     let child = dir.path().join("child.vhd");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-o",
-        "subformat=dynamic",
-        s(&child),
-        &size.to_string(),
-    ]);
+    qemu_img_create(&child, "vpc", "subformat=dynamic", &size.to_string());
     qemu_io(
         "vpc",
         &child,
@@ -229,8 +174,8 @@ fn differencing_disks_read_through_bitmaps_and_parents() {
             "write -P 0x63 7340032 100000",
         ],
     );
-    let child_raw = raw_of(&child, dir.path());
-    let parent_bytes = raw_of(&parent, dir.path());
+    let child_raw = raw_of(&child, "vpc", dir.path());
+    let parent_bytes = raw_of(&parent, "vpc", dir.path());
     make_differencing(&child, &parent, ".\\parent.vhd", None);
     let expected =
         expected_differencing(&child_raw, &parent_bytes, &std::fs::read(&child).unwrap());
@@ -256,16 +201,7 @@ fn differencing_disks_read_through_bitmaps_and_parents() {
 
     // A second level (differencing on differencing) works too.
     let grandchild = dir.path().join("grandchild.vhd");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-o",
-        "subformat=dynamic",
-        s(&grandchild),
-        &size.to_string(),
-    ]);
+    qemu_img_create(&grandchild, "vpc", "subformat=dynamic", &size.to_string());
     make_differencing(&grandchild, &child, "child.vhd", None);
     let src2 = open(&grandchild);
     let mut all = vec![0u8; expected.len()];
@@ -380,16 +316,7 @@ fn corrupt_images_give_clear_errors() {
 
     // Fixed disk whose footer claims more than the file holds.
     let fixed = dir.path().join("f.vhd");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vpc",
-        "-o",
-        "subformat=fixed,force_size=on",
-        s(&fixed),
-        "1M",
-    ]);
+    qemu_img_create(&fixed, "vpc", "subformat=fixed,force_size=on", "1M");
     let mut m = std::fs::read(&fixed).unwrap();
     let f = m.len() - 512;
     m[f + 48..f + 56].copy_from_slice(&(1u64 << 40).to_be_bytes());

@@ -90,17 +90,7 @@ fn fixed_and_dynamic_images_match_qemu() {
             "subformat=dynamic,block_size=1M,block_state_zero=off",
         ] {
             let img = dir.path().join(format!("{i}-{}.vhdx", opts.len()));
-            qemu_img(&[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vhdx",
-                "-o",
-                opts,
-                s(&raw),
-                s(&img),
-            ]);
+            qemu_img_from_raw(&raw, "vhdx", opts, &img);
             let src = open(&img);
             assert_matches_qemu(src.as_ref(), &img, "vhdx", dir.path());
         }
@@ -188,16 +178,7 @@ fn make_dirty(img: &Path) {
 fn dirty_logs_are_replayed_like_qemu_does() {
     let dir = scratch();
     let img = dir.path().join("dirty.vhdx");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&img),
-        "8M",
-    ]);
+    qemu_img_create(&img, "vhdx", "block_size=1M", "8M");
     qemu_io(
         "vhdx",
         &img,
@@ -335,42 +316,15 @@ fn make_differencing(child: &Path, relative: &str, linkage: &str) {
     std::fs::write(child, b).unwrap();
 }
 
-fn raw_of(img: &Path, dir: &Path) -> Vec<u8> {
-    let raw = dir.join("tmp-raw-of");
-    qemu_img(&["convert", "-f", "vhdx", "-O", "raw", s(img), s(&raw)]);
-    let v = std::fs::read(&raw).unwrap();
-    std::fs::remove_file(raw).unwrap();
-    v
-}
-
 fn diff_pair(dir: &Path, sub: &str) -> (PathBuf, PathBuf, Vec<u8>, Vec<u8>) {
     let d = dir.join(sub);
     std::fs::create_dir_all(&d).unwrap();
     let parent = d.join("parent.vhdx");
     let praw = d.join("p.raw");
     write_pattern_raw(&praw, 8 * MIB, 5);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&praw),
-        s(&parent),
-    ]);
+    qemu_img_from_raw(&praw, "vhdx", "block_size=1M", &parent);
     let child = d.join("child.vhdx");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&child),
-        "8M",
-    ]);
+    qemu_img_create(&child, "vhdx", "block_size=1M", "8M");
     qemu_io(
         "vhdx",
         &child,
@@ -380,8 +334,8 @@ fn diff_pair(dir: &Path, sub: &str) -> (PathBuf, PathBuf, Vec<u8>, Vec<u8>) {
             "write -P 0x65 5M 1M",
         ],
     );
-    let child_raw = raw_of(&child, &d);
-    let parent_raw = raw_of(&parent, &d);
+    let child_raw = raw_of(&child, "vhdx", &d);
+    let parent_raw = raw_of(&parent, "vhdx", &d);
     (parent, child, parent_raw, child_raw)
 }
 
@@ -458,16 +412,7 @@ fn differencing_parent_checks() {
 fn hostile_images_give_clear_errors() {
     let dir = scratch();
     let img = dir.path().join("h.vhdx");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&img),
-        "16M",
-    ]);
+    qemu_img_create(&img, "vhdx", "block_size=1M", "16M");
     qemu_io("vhdx", &img, &["write -P 0x11 0 1M"]);
     let original = std::fs::read(&img).unwrap();
     let l = layout(&original);
@@ -556,16 +501,7 @@ fn hostile_images_give_clear_errors() {
 fn mutated_images_never_panic() {
     let dir = scratch();
     let img = dir.path().join("m.vhdx");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "vhdx",
-        "-o",
-        "block_size=1M",
-        s(&img),
-        "4M",
-    ]);
+    qemu_img_create(&img, "vhdx", "block_size=1M", "4M");
     qemu_io("vhdx", &img, &["write -P 0x11 0 1M"]);
     make_dirty(&img);
     let l = layout(&std::fs::read(&img).unwrap());

@@ -33,17 +33,7 @@ fn every_subformat_and_size_matches_qemu() {
         write_pattern_raw(&raw, size, 7 + i as u64);
         for sub in SUBFORMATS {
             let img = dir.path().join(format!("{sub}-{size}.vmdk"));
-            qemu_img(&[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vmdk",
-                "-o",
-                &format!("subformat={sub}"),
-                s(&raw),
-                s(&img),
-            ]);
+            qemu_img_from_raw(&raw, "vmdk", &format!("subformat={sub}"), &img);
             assert!(vmdk::probe(
                 &std::fs::read(&img).unwrap()
                     [..512.min(std::fs::metadata(&img).unwrap().len() as usize)]
@@ -71,28 +61,9 @@ fn large_sparse_images_over_4gib_match_qemu() {
         let img = dir.path().join(format!("big-{sub}.vmdk"));
         if sub == "streamOptimized" {
             // qemu only appends to stream-optimized images: convert instead.
-            qemu_img(&[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vmdk",
-                "-o",
-                "subformat=streamOptimized",
-                s(&raw),
-                s(&img),
-            ]);
+            qemu_img_from_raw(&raw, "vmdk", "subformat=streamOptimized", &img);
         } else {
-            qemu_img(&[
-                "create",
-                "-q",
-                "-f",
-                "vmdk",
-                "-o",
-                &format!("subformat={sub}"),
-                s(&img),
-                "5G",
-            ]);
+            qemu_img_create(&img, "vmdk", &format!("subformat={sub}"), "5G");
             qemu_io("vmdk", &img, &writes);
         }
         let src = open(&img);
@@ -110,17 +81,7 @@ fn zero_grains_and_backing_files_match_qemu() {
     let base = dir.path().join("base.vmdk");
     let raw = dir.path().join("base.raw");
     write_pattern_raw(&raw, 8 << 20, 99);
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "zeroed_grain=on",
-        s(&raw),
-        s(&base),
-    ]);
+    qemu_img_from_raw(&raw, "vmdk", "zeroed_grain=on", &base);
     // Zero a grain-aligned range that had data: qemu writes GTE 1 (zero grains).
     qemu_io("vmdk", &base, &["write -z 0 128k", "write -P 0x42 4M 100k"]);
     let src = open(&base);
@@ -156,16 +117,12 @@ fn zero_grains_and_backing_files_match_qemu() {
 fn describe_reports_structure() {
     let dir = scratch();
     let img = dir.path().join("d.vmdk");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
+    qemu_img_create(
+        &img,
         "vmdk",
-        "-o",
         "subformat=twoGbMaxExtentSparse,adapter_type=lsilogic",
-        s(&img),
         "5G",
-    ]);
+    );
     let info = vmdk::describe(&img, &Limits::default(), &PathPolicy::default()).unwrap();
     assert_eq!(info.create_type.as_deref(), Some("twoGbMaxExtentSparse"));
     assert_eq!(info.adapter_type.as_deref(), Some("lsilogic"));
@@ -281,17 +238,7 @@ fn mutated_images_never_panic() {
         let raw = dir.path().join("m.raw");
         write_pattern_raw(&raw, 2 << 20, 3);
         let img = dir.path().join(format!("m{i}.vmdk"));
-        qemu_img(&[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vmdk",
-            "-o",
-            &format!("subformat={sub}"),
-            s(&raw),
-            s(&img),
-        ]);
+        qemu_img_from_raw(&raw, "vmdk", &format!("subformat={sub}"), &img);
         mutate_and_check(&img, 300, 11 + i as u64, |p| {
             if let Ok(src) = vmdk::open(p, &Limits::default(), &PathPolicy::default()) {
                 exercise(src.as_ref());

@@ -39,6 +39,37 @@ pub fn qemu_img(args: &[&str]) -> String {
     run("qemu-img", args)
 }
 
+/// `qemu-img convert -f raw -O FMT -o OPTS RAW IMG`: an image of format `fmt` made by qemu from
+/// a raw file.
+pub fn qemu_img_from_raw(raw: &Path, fmt: &str, opts: &str, img: &Path) {
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        fmt,
+        "-o",
+        opts,
+        s(raw),
+        s(img),
+    ]);
+}
+
+/// `qemu-img create -q -f FMT -o OPTS IMG SIZE`.
+pub fn qemu_img_create(img: &Path, fmt: &str, opts: &str, size: &str) {
+    qemu_img(&["create", "-q", "-f", fmt, "-o", opts, s(img), size]);
+}
+
+/// The guest content of `img` (format `fmt`) as qemu reads it, via a temporary raw file in
+/// `dir`.
+pub fn raw_of(img: &Path, fmt: &str, dir: &Path) -> Vec<u8> {
+    let raw = dir.join("tmp-raw-of");
+    qemu_img(&["convert", "-f", fmt, "-O", "raw", s(img), s(&raw)]);
+    let v = std::fs::read(&raw).unwrap();
+    std::fs::remove_file(raw).unwrap();
+    v
+}
+
 /// `qemu-io -f FMT -c CMD… PATH`.
 pub fn qemu_io(fmt: &str, path: &Path, cmds: &[&str]) {
     let mut args = vec!["-f", fmt];
