@@ -89,15 +89,39 @@ fn ova_import_creates_a_vm_and_refuses_tampered_packages() {
     d.ok(&["vm", "export", "legacy-app", out.to_str().unwrap()]);
     let unpack = work.path().join("unpacked");
     std::fs::create_dir_all(&unpack).unwrap();
-    let tar = Command::new("tar").arg("-xf").arg(&out).arg("-C").arg(&unpack).status().unwrap();
+    let tar = Command::new("tar")
+        .arg("-xf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&unpack)
+        .status()
+        .unwrap();
     assert!(tar.success());
-    let mut members: Vec<String> = std::fs::read_dir(&unpack).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut members: Vec<String> = std::fs::read_dir(&unpack)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     members.sort();
-    assert!(members.iter().any(|m| m.ends_with(".ovf")) && members.iter().any(|m| m.ends_with(".mf")), "{members:?}");
+    assert!(
+        members.iter().any(|m| m.ends_with(".ovf")) && members.iter().any(|m| m.ends_with(".mf")),
+        "{members:?}"
+    );
     let vmdk = members.iter().find(|m| m.ends_with(".vmdk")).unwrap();
-    let cmp = Command::new("qemu-img").args(["compare", "-q"]).arg(&raw).arg(unpack.join(vmdk)).status().unwrap();
+    let cmp = Command::new("qemu-img")
+        .args(["compare", "-q"])
+        .arg(&raw)
+        .arg(unpack.join(vmdk))
+        .status()
+        .unwrap();
     assert!(cmp.success(), "exported VMDK differs from the source");
-    let back = d.json(&["image", "import", out.to_str().unwrap(), "--name", "round-trip"]);
+    let back = d.json(&[
+        "image",
+        "import",
+        out.to_str().unwrap(),
+        "--name",
+        "round-trip",
+    ]);
     assert_eq!(back["vcpus"], 2);
     assert_eq!(back["memory_mib"], 512);
     // A running VM is not exported (its disks would be inconsistent).
