@@ -1,11 +1,11 @@
 //! OVA packages: a tar of an OVF descriptor, an optional manifest (`.mf`) and certificate
 //! (`.cert`), and the disk files.
 //!
-//! [`import`] reads the archive once, front to back: the descriptor must be the first member
+//! [`import()`] reads the archive once, front to back: the descriptor must be the first member
 //! (DSP0243), the disks it references are extracted into the destination directory while
 //! every member is hashed (SHA-1, SHA-256, SHA-512), the manifest is checked against those
 //! digests, and each disk is converted to qcow2 through the ops layer ([`crate::ops`]).
-//! [`export`] writes the inverse: OVF envelope, SHA-256 manifest and streamOptimized VMDKs, to
+//! [`export()`] writes the inverse: OVF envelope, SHA-256 manifest and streamOptimized VMDKs, to
 //! a temporary file renamed over the destination when complete.
 //!
 //! Layout: `import.rs` (extract, verify, convert), `export.rs` (pack), `manifest.rs` (`.mf`
@@ -64,7 +64,7 @@ pub enum OvaPhase {
     Packing,
 }
 
-/// Progress report of [`import`] / [`export`].
+/// Progress report of [`import()`] / [`export()`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OvaProgress {
     #[serde(flatten)]

@@ -1,6 +1,6 @@
 //! OVF envelopes (DMTF DSP0243): parsing into an [`OvfDescriptor`] and rendering one back.
 //!
-//! Parsing ([`parse`], in `parse.rs`) is a single streaming pass with quick-xml over untrusted
+//! Parsing ([`parse()`], in `parse.rs`) is a single streaming pass with quick-xml over untrusted
 //! input:
 //! - the document is at most `Limits::max_descriptor_bytes` long and at most [`MAX_DEPTH`]
 //!   elements deep, with at most [`MAX_ITEMS`] hardware items;
@@ -13,7 +13,7 @@
 //! - numbers are parsed with overflow checks, allocation units per DSP0004 (`byte * 2^20`) and
 //!   the legacy names (`MegaBytes`) ([`allocation_unit_bytes`], in `units.rs`).
 //!
-//! [`render`] (in `render.rs`) is the inverse for the subset Vireo exports (OVF 1.0 in VMware's
+//! [`render()`] (in `render.rs`) is the inverse for the subset Vireo exports (OVF 1.0 in VMware's
 //! dialect: rasd elements in schema order, `vmw:Config` for the firmware); it is golden-tested.
 //!
 //! This file holds the descriptor types every part shares.

@@ -41,7 +41,8 @@ pub fn with_export_defaults(d: &OvfDescriptor) -> OvfDescriptor {
     d
 }
 
-/// Renders `d` as an OVF 1.0 envelope (pure; the inverse of [`parse`] for what Vireo exports).
+/// Renders `d` as an OVF 1.0 envelope (pure; the inverse of [`parse`](fn@super::parse) for
+/// what Vireo exports).
 /// Missing optional fields get the defaults of [`with_export_defaults`].
 pub fn render(d: &OvfDescriptor) -> String {
     let d = &with_export_defaults(d);

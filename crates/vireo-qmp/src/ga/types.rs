@@ -97,7 +97,7 @@ pub struct ExecRequest {
     pub env: Vec<String>,
     /// Bytes fed to the process' stdin (then closed).
     pub input: Option<Vec<u8>>,
-    /// Collect stdout/stderr for [`GuestAgent::exec_status`].
+    /// Collect stdout/stderr for [`GuestAgent::exec_status`](super::GuestAgent::exec_status).
     pub capture_output: bool,
 }
 
