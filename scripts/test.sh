@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+echo "== fuzz targets compile (run them with: cargo +nightly fuzz run TARGET, from fuzz/)"
+cargo check --quiet --manifest-path fuzz/Cargo.toml
+
 echo "== build binaries (end-to-end tests run them)"
 cargo build --workspace --bins --quiet
 
