@@ -42,7 +42,6 @@ fn build_into(out_dir: &Path) -> Result<(TinyImage, Duration)> {
 /// Starts QEMU with the tiny image (direct kernel boot), `data_disk` as a virtio disk, user
 /// networking, the guest agent at `dir/ga.sock` and QMP at `dir/qmp.sock`.
 fn start_vm(image: &TinyImage, dir: &Path, data_disk: &Path, extra_cmdline: &str) -> Result<Qemu> {
-    let serial_sock = dir.join("serial.sock");
     let cmdline = format!("{} {extra_cmdline}", image.cmdline);
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
@@ -60,14 +59,6 @@ fn start_vm(image: &TinyImage, dir: &Path, data_disk: &Path, extra_cmdline: &str
     .arg("-initrd")
     .arg(&image.initrd)
     .args(["-append", cmdline.trim()])
-    // wait=on: QEMU does not start the guest before the test is connected, so no
-    // console output is lost.
-    .arg("-chardev")
-    .arg(format!(
-        "socket,id=con,path={},server=on,wait=on",
-        serial_sock.display()
-    ))
-    .args(["-serial", "chardev:con"])
     .arg("-drive")
     .arg(format!(
         "file={},if=none,id=data,format=qcow2",
@@ -76,22 +67,12 @@ fn start_vm(image: &TinyImage, dir: &Path, data_disk: &Path, extra_cmdline: &str
     .args(["-device", "virtio-blk-pci,drive=data,serial=data"])
     .args(["-netdev", "user,id=net0"])
     .args(["-device", "virtio-net-pci,netdev=net0"])
-    .args(["-device", "virtio-serial-pci"])
-    .arg("-chardev")
-    .arg(format!(
-        "socket,id=ga,path={},server=on,wait=off",
-        dir.join("ga.sock").display()
-    ))
-    .args([
-        "-device",
-        "virtserialport,chardev=ga,name=org.qemu.guest_agent.0",
-    ])
     .arg("-qmp")
     .arg(format!(
         "unix:{},server=on,wait=off",
         dir.join("qmp.sock").display()
     ));
-    Qemu::spawn(&mut cmd, dir, &serial_sock)
+    Qemu::spawn(&mut cmd, dir)
 }
 
 /// Runs one QMP command on a fresh connection to `vm`'s `qmp.sock` and returns the reply.

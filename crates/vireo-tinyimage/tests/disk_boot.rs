@@ -72,7 +72,6 @@ enum Firmware {
 
 /// Starts QEMU booting `boot_disk` through `firmware`, with the guest agent at `dir/ga.sock`.
 fn start_vm(firmware: Firmware, boot_disk: &Path, dir: &Path) -> Result<Qemu> {
-    let serial_sock = dir.join("serial.sock");
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-machine", "q35", "-accel", "tcg", "-m", "256"])
         .args(["-nodefaults", "-display", "none", "-no-reboot"]);
@@ -95,26 +94,8 @@ fn start_vm(firmware: Firmware, boot_disk: &Path, dir: &Path) -> Result<Qemu> {
             "file={},if=none,id=boot,format=qcow2",
             boot_disk.display()
         ))
-        .args(["-device", "virtio-blk-pci,drive=boot,bootindex=1"])
-        // wait=on: the guest does not start before the test is connected, so no console
-        // output (firmware, GRUB) is lost.
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=con,path={},server=on,wait=on",
-            serial_sock.display()
-        ))
-        .args(["-serial", "chardev:con"])
-        .args(["-device", "virtio-serial-pci"])
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=ga,path={},server=on,wait=off",
-            dir.join("ga.sock").display()
-        ))
-        .args([
-            "-device",
-            "virtserialport,chardev=ga,name=org.qemu.guest_agent.0",
-        ]);
-    Qemu::spawn(&mut cmd, dir, &serial_sock)
+        .args(["-device", "virtio-blk-pci,drive=boot,bootindex=1"]);
+    Qemu::spawn(&mut cmd, dir)
 }
 
 /// Runs `sh -c script` in the guest; returns (exit code, stdout).

@@ -1,6 +1,7 @@
 //! Helpers shared by the real-QEMU tests of the tiny image (`boot.rs`) and the tiny disk
 //! (`disk_boot.rs`): where the Debian package cache is, a QEMU process whose serial console is
-//! captured, and a minimal line-oriented qemu-guest-agent client.
+//! captured and whose guest-agent port is wired up (the tests add machine, disks and network),
+//! and a minimal line-oriented qemu-guest-agent client.
 //!
 //! Invariants:
 //! - a [`Qemu`] kills and reaps its process when dropped, so a failing test leaves no guest
@@ -47,18 +48,38 @@ pub struct Qemu {
 }
 
 impl Qemu {
-    /// Spawns `cmd` (stdin and stdout null, stderr to `dir/qemu.stderr`), whose serial console
-    /// must be a `server=on,wait=on` chardev socket at `serial_sock`, connects to that socket
-    /// and starts capturing the console.
-    pub fn spawn(cmd: &mut Command, dir: &Path, serial_sock: &Path) -> Result<Qemu> {
-        let _ = std::fs::remove_file(serial_sock);
-        cmd.stdin(Stdio::null())
+    /// Spawns `cmd` (machine, firmware, disks, network) after appending the serial console,
+    /// a `server=on,wait=on` chardev socket at `dir/serial.sock`, and the guest agent's
+    /// virtio-serial port at `dir/ga.sock`; stdin and stdout are null, stderr goes to
+    /// `dir/qemu.stderr`. Connects to the console and starts capturing it.
+    pub fn spawn(cmd: &mut Command, dir: &Path) -> Result<Qemu> {
+        let serial_sock = dir.join("serial.sock");
+        let _ = std::fs::remove_file(&serial_sock);
+        // wait=on: QEMU does not start the guest before the test is connected, so no console
+        // output (firmware, boot loader, kernel) is lost.
+        cmd.arg("-chardev")
+            .arg(format!(
+                "socket,id=con,path={},server=on,wait=on",
+                serial_sock.display()
+            ))
+            .args(["-serial", "chardev:con"])
+            .args(["-device", "virtio-serial-pci"])
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=ga,path={},server=on,wait=off",
+                dir.join("ga.sock").display()
+            ))
+            .args([
+                "-device",
+                "virtserialport,chardev=ga,name=org.qemu.guest_agent.0",
+            ])
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("qemu.stderr"))?);
         let started = Instant::now();
         let mut child = cmd.spawn().context("spawning qemu-system-x86_64")?;
         let serial_in = loop {
-            match UnixStream::connect(serial_sock) {
+            match UnixStream::connect(&serial_sock) {
                 Ok(s) => break s,
                 Err(_) if started.elapsed() < SERIAL_CONNECT_TIMEOUT => {
                     if let Some(status) = child.try_wait()? {
