@@ -120,6 +120,9 @@ pub enum ImageLocalCmd {
     /// Check image metadata (exit 0 clean, 2 corrupt, 3 leaks, 63 not supported).
     Check {
         file: PathBuf,
+        /// Rebuild qcow2 refcounts first (fixes leaks, refcount errors and a stale dirty bit).
+        #[arg(short = 'r', long)]
+        repair: bool,
         #[arg(long, value_enum, default_value_t)]
         output: LocalOutput,
     },
@@ -301,7 +304,15 @@ pub fn run(cmd: ImageLocalCmd) -> anyhow::Result<i32> {
                 .with_context(|| format!("creating {}", file.display()))?;
             Ok(0)
         }
-        ImageLocalCmd::Check { file, output } => match ops::check(&file, &limits, &policy) {
+        ImageLocalCmd::Check {
+            file,
+            repair,
+            output,
+        } => match if repair {
+            ops::repair(&file, &limits)
+        } else {
+            ops::check(&file, &limits, &policy)
+        } {
             Ok(outcome) => {
                 match output {
                     LocalOutput::Json => println!("{}", serde_json::to_string_pretty(&outcome)?),

@@ -38,6 +38,11 @@ pub enum ImageError {
     InvalidArgument(String),
     #[error("cancelled")]
     Cancelled,
+    #[error("refusing to write {}: {reason}", path.display())]
+    WriteRefused {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 impl ImageError {

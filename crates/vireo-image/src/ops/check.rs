@@ -92,3 +92,14 @@ pub fn check(
         }
     }
 }
+
+/// Repairs refcount errors (leaks, too-low refcounts, a dirty bit left by a crash) of a qcow2
+/// image by rebuilding its refcounts, then checks it again. Other formats: `NotSupported`.
+pub fn repair(path: &Path, limits: &Limits) -> Result<CheckOutcome, ImageError> {
+    match crate::detect::detect_format(path)? {
+        Format::Qcow2 => Ok(CheckOutcome::Checked(crate::qcow2::repair(path, limits)?)),
+        other => Ok(CheckOutcome::NotSupported {
+            format: other.as_str().into(),
+        }),
+    }
+}

@@ -14,7 +14,7 @@ mod convert;
 mod info;
 mod map;
 
-pub use check::{check, CheckOutcome};
+pub use check::{check, repair, CheckOutcome};
 pub use compare::{compare, compare_sources, CompareOutcome};
 pub use convert::{convert, convert_with, copy, ConvertOptions, CopyStats, Progress, CHUNK};
 pub use info::{info, FormatSpecific, ImageInfo, Qcow2Specific};

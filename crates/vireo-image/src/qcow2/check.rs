@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::header::Header;
@@ -18,7 +19,7 @@ use super::reader::{
     decode_l1_entry, decode_l2_entry, pread_fill, read_snapshots, read_table, Mapping, OFFSET_MASK,
     OFLAG_COPIED,
 };
-use super::writer::get_refcount;
+use super::writer::{get_refcount, set_refcount};
 use crate::device::Limits;
 use crate::error::ImageError;
 
@@ -137,18 +138,22 @@ impl Checker<'_> {
     }
 }
 
-/// Checks the qcow2 image at `path`. Errors are returned only when the image cannot be
-/// checked at all (unreadable, header invalid); findings are in the report.
-pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
-    let file =
-        File::open(path).map_err(|e| ImageError::io(format!("opening {}", path.display()), e))?;
+/// Walks all metadata of the image and counts the references to every cluster of the file.
+/// With `include_refcount_structures`, the refcount table and blocks count too (what `check`
+/// compares against); without, they are left out (what a rebuild needs, since it replaces
+/// them). Returns the counts, a report of structural findings, and the refcount block offsets
+/// that are usable (0 for missing or invalid ones).
+pub(crate) fn walk_references(
+    file: &File,
+    path: &Path,
+    header: &Header,
+    limits: &Limits,
+    include_refcount_structures: bool,
+) -> Result<(Vec<u32>, CheckReport, Vec<u64>), ImageError> {
     let file_len = file
         .metadata()
         .map_err(|e| ImageError::io(format!("reading metadata of {}", path.display()), e))?
         .len();
-    let mut head = vec![0u8; (2u64 << 20).min(file_len) as usize];
-    pread_fill(&file, &mut head, 0, path)?;
-    let header = Header::parse(&head, limits)?;
     let cs = header.cluster_size();
     let nb_clusters = file_len.div_ceil(cs);
     // Computed and stored counts, 4 bytes each per cluster.
@@ -161,9 +166,9 @@ pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
         });
     }
     let mut ck = Checker {
-        file: &file,
+        file,
         path,
-        header: &header,
+        header,
         limits,
         computed: vec![0u32; nb_clusters as usize],
         report: CheckReport {
@@ -174,7 +179,6 @@ pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
             ..CheckReport::default()
         },
     };
-
     // Header cluster (includes extensions and the backing file name).
     ck.reference(0, cs, 1, "header");
 
@@ -183,13 +187,13 @@ pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
     *l1_tables
         .entry((header.l1_table_offset, header.l1_size))
         .or_default() += 1;
-    match read_snapshots(&file, path, &header, file_len, limits) {
+    match read_snapshots(file, path, header, file_len, limits) {
         Ok(snaps) => {
             for s in &snaps {
                 *l1_tables.entry((s.l1_table_offset, s.l1_size)).or_default() += 1;
             }
             if header.nb_snapshots > 0 {
-                let table_len = snapshot_table_len(&file, path, &header)?;
+                let table_len = snapshot_table_len(file, path, header)?;
                 ck.reference(header.snapshots_offset, table_len, 1, "snapshot table");
             }
         }
@@ -259,10 +263,11 @@ pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
 
     // Refcount table and blocks.
     let rt_entries = u64::from(header.refcount_table_clusters) * cs / 8;
+    let rt_times = u64::from(include_refcount_structures);
     ck.reference(
         header.refcount_table_offset,
         u64::from(header.refcount_table_clusters) * cs,
-        1,
+        rt_times,
         "refcount table",
     );
     let reftable = ck
@@ -291,7 +296,7 @@ pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
             ));
             continue;
         }
-        ck.reference(off, cs, 1, "refcount block");
+        ck.reference(off, cs, rt_times, "refcount block");
         valid_blocks[i] = off;
     }
 
@@ -304,6 +309,32 @@ pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
             bm.nb_bitmaps,
         );
     }
+    Ok((ck.computed, ck.report, valid_blocks))
+}
+
+/// Checks the qcow2 image at `path`. Errors are returned only when the image cannot be
+/// checked at all (unreadable, header invalid); findings are in the report.
+pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
+    let file =
+        File::open(path).map_err(|e| ImageError::io(format!("opening {}", path.display()), e))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| ImageError::io(format!("reading metadata of {}", path.display()), e))?
+        .len();
+    let mut head = vec![0u8; (2u64 << 20).min(file_len) as usize];
+    pread_fill(&file, &mut head, 0, path)?;
+    let header = Header::parse(&head, limits)?;
+    let cs = header.cluster_size();
+    let nb_clusters = file_len.div_ceil(cs);
+    let (computed, report, valid_blocks) = walk_references(&file, path, &header, limits, true)?;
+    let mut ck = Checker {
+        file: &file,
+        path,
+        header: &header,
+        limits,
+        computed,
+        report,
+    };
 
     // Compare stored and computed refcounts.
     let order = header.refcount_order;
@@ -482,4 +513,84 @@ fn check_bitmaps(ck: &mut Checker, dir_offset: u64, dir_size: u64, nb: u32) {
             }
         }
     }
+}
+
+/// Writes fresh refcount structures for the image at the end of the file, counting exactly
+/// the references its metadata makes (plus the new structures themselves), and returns the
+/// new refcount table's offset and size in clusters. The caller points the header at them;
+/// until then the old structures stay in force, so a crash in between changes nothing.
+/// Refuses images whose metadata has errors other than refcount mismatches.
+pub(crate) fn rebuild_refcounts(
+    file: &File,
+    path: &Path,
+    header: &Header,
+    limits: &Limits,
+) -> Result<(u64, u32), ImageError> {
+    let (mut refs, report, _) = walk_references(file, path, header, limits, false)?;
+    if report.corruptions > 0 || report.check_errors > 0 {
+        return Err(ImageError::WriteRefused {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the metadata has {} errors that rebuilding refcounts cannot fix",
+                report.corruptions + report.check_errors
+            ),
+        });
+    }
+    let cs = header.cluster_size();
+    let used = refs.len() as u64;
+    let bits = u64::from(header.refcount_bits());
+    let per_block = cs * 8 / bits;
+    let (mut blocks, mut table_clusters) = (0u64, 0u64);
+    loop {
+        let total = used + blocks + table_clusters;
+        let b = total.div_ceil(per_block);
+        let t = (b * 8).div_ceil(cs).max(1);
+        if b == blocks && t == table_clusters {
+            break;
+        }
+        (blocks, table_clusters) = (b, t);
+    }
+    let total = used + blocks + table_clusters;
+    if table_clusters > u64::from(u32::MAX) || total.saturating_mul(4) > limits.max_table_bytes {
+        return Err(ImageError::LimitExceeded {
+            what: "rebuilt qcow2 refcount structures",
+            requested: total.saturating_mul(4),
+            limit: limits.max_table_bytes,
+        });
+    }
+    refs.resize(total as usize, 1);
+    let max = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
+    if let Some((c, n)) = refs.iter().enumerate().find(|(_, n)| u64::from(**n) > max) {
+        return Err(ImageError::InvalidArgument(format!(
+            "cluster {c} has {n} references, more than {bits}-bit refcounts hold"
+        )));
+    }
+    let blocks_offset = used * cs;
+    let table_offset = (used + blocks) * cs;
+    let mut block = vec![0u8; cs as usize];
+    let mut table = vec![0u8; (table_clusters * cs) as usize];
+    for b in 0..blocks {
+        block.fill(0);
+        let first = b * per_block;
+        for c in first..(first + per_block).min(total) {
+            set_refcount(
+                &mut block,
+                (c - first) as usize,
+                u64::from(refs[c as usize]),
+                header.refcount_order,
+            );
+        }
+        let off = blocks_offset + b * cs;
+        file.write_all_at(&block, off).map_err(|e| {
+            ImageError::io(format!("writing refcount block to {}", path.display()), e)
+        })?;
+        super::header::put_u64(&mut table, (b * 8) as usize, off);
+    }
+    file.write_all_at(&table, table_offset)
+        .map_err(|e| ImageError::io(format!("writing refcount table to {}", path.display()), e))?;
+    Ok((table_offset, table_clusters as u32))
 }

@@ -9,6 +9,7 @@ mod check;
 mod compress;
 pub mod header;
 mod reader;
+mod rw;
 mod writer;
 
 use std::path::Path;
@@ -17,6 +18,7 @@ pub use check::{check, CheckReport};
 pub use header::{CompressionType, Header};
 pub(crate) use reader::pread_fill;
 pub use reader::{decode_l1_entry, decode_l2_entry, Mapping, Qcow2Image, Snapshot};
+pub use rw::{open_rw, repair, Qcow2Writer};
 pub use writer::{CreateOptions, Preallocation, Qcow2Encoder, Qcow2Sink};
 
 use crate::detect::ChainContext;

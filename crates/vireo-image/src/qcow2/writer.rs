@@ -666,7 +666,7 @@ impl BlockSink for Qcow2Sink {
 }
 
 /// Stores `value` as refcount number `index` of a block with entries of 2^order bits.
-fn set_refcount(block: &mut [u8], index: usize, value: u64, order: u32) {
+pub(crate) fn set_refcount(block: &mut [u8], index: usize, value: u64, order: u32) {
     let bits = 1usize << order;
     if bits >= 8 {
         let bytes = bits / 8;
