@@ -580,9 +580,17 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Polls the guest agent while the machine lives and reports readiness changes to the actor.
+/// Pause between agent pings while the guest is not ready yet. Every failed ping makes the
+/// agent client resynchronise the virtio-serial channel, which costs the booting guest CPU
+/// time, so booting guests are probed gently; a ready guest is re-checked rarely.
+const PING_WHILE_BOOTING: Duration = Duration::from_millis(500);
+const PING_WHEN_READY: Duration = Duration::from_secs(5);
+
 async fn guest_watch(m: Arc<dyn Machine>, pid: u32, tx: mpsc::WeakSender<Msg>) {
     let mut ready = false;
     let mut exits = m.subscribe();
+    // No agent answers before the guest kernel has even started.
+    tokio::time::sleep(PING_WHILE_BOOTING).await;
     loop {
         if m.has_exited() {
             return;
@@ -609,9 +617,9 @@ async fn guest_watch(m: Arc<dyn Machine>, pid: u32, tx: mpsc::WeakSender<Msg>) {
             ready = ok;
         }
         let pause = if ready {
-            Duration::from_secs(5)
+            PING_WHEN_READY
         } else {
-            Duration::from_millis(250)
+            PING_WHILE_BOOTING
         };
         // Wake early on a reset (the guest reboots and loses its agent) or exit.
         tokio::select! {

@@ -1,6 +1,7 @@
 //! The engine facade: what the HTTP layer calls. Validates requests synchronously (so bad
 //! input gets a 4xx and changes nothing), then runs the work as an operation.
 
+mod export;
 mod images;
 mod import;
 mod projects;
