@@ -565,16 +565,29 @@ impl Client {
     pub async fn export_vm(&self, name: &str, out: &std::path::Path) -> Result<(), ClientError> {
         let path = self.vm_path(name, "/export");
         let headers = self.auth_header().into_iter().collect();
-        let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = out.with_file_name(format!(".{file_name}.part-{}", std::process::id()));
         let result = transport::download(&self.dialer, &path, headers, &tmp, MAX_BODY_BYTES).await;
         match result {
-            Ok(None) => tokio::fs::rename(&tmp, out)
-                .await
-                .map_err(|source| ClientError::LocalFile { path: out.to_path_buf(), source }),
+            Ok(None) => {
+                tokio::fs::rename(&tmp, out)
+                    .await
+                    .map_err(|source| ClientError::LocalFile {
+                        path: out.to_path_buf(),
+                        source,
+                    })
+            }
             Ok(Some(err)) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                Err(error_from_response("GET", &path, err.status.as_u16(), &err.body))
+                Err(error_from_response(
+                    "GET",
+                    &path,
+                    err.status.as_u16(),
+                    &err.body,
+                ))
             }
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;

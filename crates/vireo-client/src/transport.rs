@@ -309,9 +309,16 @@ pub(crate) async fn download(
         let collected = Limited::new(incoming, error_body_limit).collect().await;
         driver.abort();
         let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
-        return Ok(Some(RawResponse { status: parts.status, headers: parts.headers, body }));
+        return Ok(Some(RawResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }));
     }
-    let write_err = |source: io::Error| ClientError::LocalFile { path: dest.to_path_buf(), source };
+    let write_err = |source: io::Error| ClientError::LocalFile {
+        path: dest.to_path_buf(),
+        source,
+    };
     let mut file = tokio::fs::File::create(dest).await.map_err(write_err)?;
     while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|e| http_err(Box::new(e)))?;

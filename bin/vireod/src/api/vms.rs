@@ -272,11 +272,19 @@ pub async fn export_vm(
     Requestor(who): Requestor,
 ) -> Result<Response, ApiError> {
     let name = path_name(&name, "VM")?;
-    let path = s.engine.export_ova(q.project.as_ref(), name.as_str()).await?;
+    let path = s
+        .engine
+        .export_ova(q.project.as_ref(), name.as_str())
+        .await?;
     // Open, then unlink: the package lives only as long as this response streams it.
     let file = tokio::fs::File::open(&path).await;
     let _ = tokio::fs::remove_file(&path).await;
-    let file = file.map_err(|e| ApiError::new(ErrorCode::Internal, format!("opening the exported package: {e}")))?;
+    let file = file.map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("opening the exported package: {e}"),
+        )
+    })?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     tracing::info!(target: "vireo::audit", vm = %name, requestor = %who, bytes = len, "exported as OVA");
     let stream = futures::stream::unfold(file, |mut file| async move {
@@ -295,7 +303,10 @@ pub async fn export_vm(
         [
             (header::CONTENT_TYPE, "application/x-tar".to_string()),
             (header::CONTENT_LENGTH, len.to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.ova\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}.ova\""),
+            ),
         ],
         axum::body::Body::from_stream(stream),
     )
