@@ -3,7 +3,7 @@
 //! Invariants:
 //! - a file is raw only when no known signature matches; signatures of formats Vireo cannot
 //!   read (qcow v1, LUKS) are refused rather than silently exposed as raw bytes;
-//! - backing chains are opened through [`open_in_chain`], which bounds their depth
+//! - backing chains are opened through `open_in_chain`, which bounds their depth
 //!   ([`Limits::max_chain_depth`]) and refuses loops (a canonical path seen twice);
 //! - a declared backing format of `raw` is honoured even if the content looks like another
 //!   format (qemu's rule: probing a raw file a guest wrote could escalate to reading host

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::error::ImageError;
 
 /// Alignment of buffer addresses, offsets and lengths for direct writes.
-pub(crate) const DIO_ALIGN: usize = 4096;
+pub const DIO_ALIGN: usize = 4096;
 
 /// Writes data either directly or through the page cache.
 #[derive(Debug)]

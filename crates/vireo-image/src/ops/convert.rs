@@ -1,18 +1,24 @@
 //! Conversion between formats: a bounded parallel pipeline from any [`BlockSource`] to any
 //! [`BlockSink`].
 //!
-//! Shape: worker threads claim fixed-size chunks of the guest address space in order, skip
+//! Shape: reader threads claim fixed-size chunks of the guest address space in order, skip
 //! ranges the source reports as zero (`extent_at`), read the rest, drop all-zero units (the
 //! sink's `unit_size`) and, for compressing sinks, encode units. The calling thread receives
-//! finished chunks, reorders them and hands them to the sink in ascending guest order, so
-//! sinks see sequential writes and can allocate output clusters in order.
+//! finished chunks, reorders them and hands them to the sink in ascending guest order, so the
+//! sink allocates output clusters in order. Where the sink offers a placement for a run
+//! ([`BlockSink::place`]: qcow2 and raw with direct I/O), the bytes are written by a pool of
+//! writer threads at the placed offset, in parallel; otherwise the sink writes them itself.
 //!
 //! Invariants:
-//! - at most `window` chunks are in flight (claimed but not yet written), so memory is bounded
-//!   by `window * CHUNK` bytes of buffers regardless of the image size;
+//! - at most `window` chunks are claimed but not yet handed to the sink, and at most
+//!   `window + WRITERS` chunk buffers exist ([`BufPool`]), so memory is bounded by that many
+//!   [`CHUNK`]s regardless of the image size or of how far writes lag behind;
 //! - the sink is only touched by the calling thread; sources are read concurrently through
-//!   `&self` (`BlockSource: Sync`);
-//! - cancellation and errors stop all workers promptly; the output of a failed or cancelled
+//!   `&self` (`BlockSource: Sync`); a chunk buffer is reused only after every write of it
+//!   has completed (it is shared by reference count with the write jobs);
+//! - all placed writes have completed before `copy` returns (the thread scope joins the
+//!   writers), so the caller may `finish` the sink;
+//! - cancellation and errors stop all threads promptly; the output of a failed or cancelled
 //!   conversion is a temporary file that is deleted ([`super::TempTarget`]).
 
 use std::collections::BTreeMap;

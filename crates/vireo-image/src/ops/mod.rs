@@ -4,7 +4,7 @@
 //! Invariants:
 //! - operations that produce a file write it to a temporary file in the destination directory
 //!   and rename it into place only after it is complete and synced: an error, a cancel or a
-//!   crash never leaves a half-written destination ([`TempTarget`]);
+//!   crash never leaves a half-written destination (`TempTarget`);
 //! - inputs are opened by content through [`crate::detect`], with the caller's [`Limits`] and
 //!   [`PathPolicy`].
 

@@ -50,7 +50,7 @@ pub struct CheckReport {
     pub compressed_clusters: Option<u64>,
     pub dirty_flag: bool,
     pub corrupt_flag: bool,
-    /// Human-readable findings, at most [`MAX_MESSAGES`].
+    /// Human-readable findings, at most `MAX_MESSAGES` (200).
     pub messages: Vec<String>,
 }
 
