@@ -532,3 +532,89 @@ fn print_map(
     w.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vireo_image::qcow2::CheckReport;
+
+    fn report(corruptions: u64, leaks: u64) -> CheckOutcome {
+        CheckOutcome::Checked(CheckReport {
+            filename: "a.qcow2".into(),
+            format: "qcow2".into(),
+            corruptions,
+            leaks,
+            total_clusters: Some(16),
+            allocated_clusters: Some(4),
+            fragmented_clusters: Some(1),
+            compressed_clusters: Some(0),
+            image_end_offset: Some(327680),
+            ..CheckReport::default()
+        })
+    }
+
+    #[test]
+    fn check_rendering_and_exit_codes() {
+        let clean = report(0, 0);
+        assert_eq!(clean.exit_code(), 0);
+        assert_eq!(
+            render_check(&clean),
+            "No errors were found on the image.\n\
+             4/16 = 25.00% allocated, 25.00% fragmented, 0.00% compressed clusters\n\
+             Image end offset: 327680\n"
+        );
+        let leaky = report(0, 2);
+        assert_eq!(leaky.exit_code(), 3);
+        assert!(render_check(&leaky).contains("2 leaked clusters were found on the image."));
+        let corrupt = report(1, 2);
+        assert_eq!(corrupt.exit_code(), 2);
+        assert!(render_check(&corrupt).contains("1 errors were found on the image."));
+        let raw = CheckOutcome::NotSupported {
+            format: "raw".into(),
+        };
+        assert_eq!(raw.exit_code(), 63);
+        assert_eq!(
+            render_check(&raw),
+            "This image format (raw) does not support checks.\n"
+        );
+    }
+
+    #[test]
+    fn info_rendering_walks_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        ops::create(&base, Format::Qcow2, 1 << 20, None).unwrap();
+        let top = dir.path().join("top.qcow2");
+        ops::create(&top, Format::Qcow2, 0, Some(Path::new("base.qcow2"))).unwrap();
+        let info = ops::info(&top, &Limits::default(), &PathPolicy::default()).unwrap();
+        let text = render_info(&info);
+        assert!(
+            text.contains("virtual size: 1MiB (1048576 bytes)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backing file: base.qcow2 (actual path: "),
+            "{text}"
+        );
+        assert!(text.contains("backing file format: qcow2"), "{text}");
+        assert_eq!(text.matches("image: ").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn qcow2_options_from_flags() {
+        let args = FormatArgs {
+            compat: "0.10".into(),
+            cluster_size: "4KiB".into(),
+            compression_type: CompressionArg::Zlib,
+            subformat: "streamOptimized".into(),
+        };
+        let o = qcow2_options(&args).unwrap();
+        assert_eq!((o.version, o.cluster_bits), (2, 12));
+        assert_eq!(vmdk_subformat(&args), VmdkSubformat::StreamOptimized);
+        let bad = FormatArgs {
+            cluster_size: "3000".into(),
+            ..args
+        };
+        assert!(qcow2_options(&bad).is_err());
+    }
+}
