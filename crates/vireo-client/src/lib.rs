@@ -288,6 +288,13 @@ impl Client {
         Self::decode(&method, path, &response)
     }
 
+    /// `DELETE path`; whatever 2xx body the daemon sends is ignored.
+    async fn delete_ignoring_body(&self, path: &str) -> Result<(), ClientError> {
+        self.send(Method::DELETE, path, None, Vec::new(), self.request_timeout)
+            .await
+            .map(|_| ())
+    }
+
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.json(Method::GET, path, None).await
     }
@@ -637,16 +644,8 @@ impl Client {
 
     /// Deletes a project; whatever 2xx body the daemon sends is ignored.
     pub async fn delete_project(&self, name: &str) -> Result<(), ClientError> {
-        let path = format!("/v1/projects/{}", encode_component(name));
-        self.send(
-            Method::DELETE,
-            &path,
-            None,
-            Vec::new(),
-            self.request_timeout,
-        )
-        .await?;
-        Ok(())
+        self.delete_ignoring_body(&format!("/v1/projects/{}", encode_component(name)))
+            .await
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
@@ -663,16 +662,8 @@ impl Client {
 
     /// Revokes a token; whatever 2xx body the daemon sends is ignored.
     pub async fn revoke_token(&self, name: &str) -> Result<(), ClientError> {
-        let path = format!("/v1/tokens/{}", encode_component(name));
-        self.send(
-            Method::DELETE,
-            &path,
-            None,
-            Vec::new(),
-            self.request_timeout,
-        )
-        .await?;
-        Ok(())
+        self.delete_ignoring_body(&format!("/v1/tokens/{}", encode_component(name)))
+            .await
     }
 
     /// The daemon's OpenAPI document.
