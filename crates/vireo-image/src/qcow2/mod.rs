@@ -1,5 +1,6 @@
 //! qcow2 (versions 2 and 3): reader with backing chains, compressed (zlib/zstd) and zero
-//! clusters and internal snapshot listing; sequential writer; metadata checker.
+//! clusters; sequential writer; metadata checker; internal snapshots (list, create, apply,
+//! delete, read-only views) and growth of closed images.
 //!
 //! Refused with a clear error: encryption, extended L2 entries (subclusters), external data
 //! files, unknown incompatible features. Writing to an image marked corrupt is refused; a
@@ -8,8 +9,11 @@
 mod check;
 mod compress;
 pub mod header;
+mod meta;
 mod reader;
+mod resize;
 mod rw;
+mod snapshot;
 mod writer;
 
 use std::path::Path;
@@ -18,7 +22,12 @@ pub use check::{check, CheckReport};
 pub use header::{CompressionType, Header};
 pub(crate) use reader::pread_fill;
 pub use reader::{decode_l1_entry, decode_l2_entry, Mapping, Qcow2Image, Snapshot};
+pub use resize::{resize, ResizeError};
 pub use rw::{open_rw, repair, Qcow2Writer};
+pub use snapshot::{
+    open_snapshot, snapshot_apply, snapshot_create, snapshot_delete, snapshot_list, SnapshotEntry,
+    SnapshotError, MAX_NAME_LEN,
+};
 pub use writer::{CreateOptions, Preallocation, Qcow2Encoder, Qcow2Sink};
 
 use crate::detect::ChainContext;

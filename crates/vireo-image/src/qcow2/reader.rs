@@ -693,6 +693,53 @@ impl Qcow2Image {
     pub fn file_len(&self) -> u64 {
         self.file_len
     }
+
+    /// This image seen through another L1 table (an internal snapshot's) with that
+    /// snapshot's disk size: a read-only view sharing the file and backing chain. The table
+    /// is bounded by `limits` and every entry is validated like the active table's.
+    pub(crate) fn into_snapshot_view(
+        mut self,
+        l1_table_offset: u64,
+        l1_size: u32,
+        size: u64,
+        limits: &Limits,
+    ) -> Result<Qcow2Image, ImageError> {
+        if size > limits.max_virtual_size {
+            return Err(ImageError::LimitExceeded {
+                what: "qcow2 snapshot disk size",
+                requested: size,
+                limit: limits.max_virtual_size,
+            });
+        }
+        let needed = super::header::l1_entries_for(size, self.header.cluster_bits);
+        if u64::from(l1_size) < needed {
+            return Err(corrupt(format!(
+                "snapshot L1 table has {l1_size} entries but its disk size needs {needed}"
+            )));
+        }
+        let l1_bytes = u64::from(l1_size) * 8;
+        if l1_size > 0 && l1_table_offset.saturating_add(l1_bytes) > self.file_len {
+            return Err(corrupt("snapshot L1 table is past end of file"));
+        }
+        let l1 = read_table(
+            &self.file,
+            &self.path,
+            l1_table_offset,
+            u64::from(l1_size),
+            limits,
+            "qcow2 snapshot L1 table",
+        )?;
+        for &e in &l1 {
+            decode_l1_entry(e, self.header.cluster_bits, self.file_len)?;
+        }
+        self.l1 = l1;
+        self.header.size = size;
+        self.header.l1_size = l1_size;
+        self.header.l1_table_offset = l1_table_offset;
+        self.lock_cache().tables.clear();
+        self.lock_cache().order.clear();
+        Ok(self)
+    }
 }
 
 #[cfg(test)]
