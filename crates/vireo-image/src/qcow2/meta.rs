@@ -63,29 +63,47 @@ fn corrupt(detail: impl Into<String>) -> ImageError {
     }
 }
 
-/// Takes qemu's image locks exclusively: QEMU holds shared locks on bytes 100.. (permissions
-/// it uses) and 200.. (permissions it does not share) of every image it has open, so an
-/// exclusive lock over that range fails while any QEMU process uses the image, and QEMU
-/// cannot open it while we hold the lock. The lock lives as long as `file`.
-fn lock_exclusive(file: &File, path: &Path) -> Result<(), ImageError> {
+/// Sets (`F_WRLCK`) or drops (`F_UNLCK`) our lock over qemu's image-lock bytes: QEMU holds
+/// shared locks on bytes 100.. (permissions it uses) and 200.. (permissions it does not
+/// share) of every image it has open, so an exclusive lock over that range fails while any
+/// QEMU process uses the image, and QEMU cannot open it while we hold the lock.
+fn ofd_lock(file: &File, kind: libc::c_int) -> std::io::Result<()> {
     // SAFETY: `flock` is plain old data; all-zero is a valid value that is then filled in.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_type = kind as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     fl.l_start = 100;
     fl.l_len = 200;
     // SAFETY: the descriptor is open for the lifetime of `file`; `fl` is a valid flock.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
-    if rc == 0 {
-        return Ok(());
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    let err = std::io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EACCES) => Err(refused(
-            path,
-            "the image is in use by another process (QEMU holds a lock on it)",
-        )),
-        _ => Err(ImageError::io(format!("locking {}", path.display()), err)),
+}
+
+/// Takes the lock, retrying briefly: a child process forked elsewhere in this process may
+/// hold a just-closed descriptor (and its lock) until it executes its program.
+fn lock_exclusive(file: &File, path: &Path) -> Result<(), ImageError> {
+    let mut attempts = 0;
+    loop {
+        let err = match ofd_lock(file, libc::F_WRLCK) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) if attempts < 10 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Some(libc::EAGAIN) | Some(libc::EACCES) => {
+                return Err(refused(
+                    path,
+                    "the image is in use by another process (QEMU holds a lock on it)",
+                ))
+            }
+            _ => return Err(ImageError::io(format!("locking {}", path.display()), err)),
+        }
     }
 }
 
@@ -188,6 +206,14 @@ impl MetaFile {
         };
         meta.validate()?;
         Ok(meta)
+    }
+
+    /// Releases the image lock now (it would otherwise last as long as any process that
+    /// inherited the descriptor).
+    fn unlock(&self) {
+        if let Err(e) = ofd_lock(&self.file, libc::F_UNLCK) {
+            tracing::warn!(path = %self.path.display(), error = %e, "releasing the image lock");
+        }
     }
 
     pub(crate) fn file(&self) -> &File {
@@ -740,5 +766,11 @@ impl MetaFile {
             self.write_table(&l1, self.header.l1_table_offset)?;
         }
         self.sync()
+    }
+}
+
+impl Drop for MetaFile {
+    fn drop(&mut self) {
+        self.unlock();
     }
 }

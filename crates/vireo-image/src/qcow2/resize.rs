@@ -67,6 +67,11 @@ pub fn resize(
     if new_size == current {
         return Ok(());
     }
+    if !new_size.is_multiple_of(512) {
+        return Err(image_err(path)(ImageError::InvalidArgument(format!(
+            "qcow2 sizes are whole 512-byte sectors; {new_size} is not"
+        ))));
+    }
     grow(&mut m, new_size, policy).map_err(image_err(path))?;
     tracing::info!(path = %path.display(), from = current, to = new_size, "qcow2 image grown");
     Ok(())
