@@ -107,6 +107,38 @@ fn lock_exclusive(file: &File, path: &Path) -> Result<(), ImageError> {
     }
 }
 
+/// Fault injection for the crash tests: once armed, writes after the given number are lost,
+/// as if the machine had lost power at that point.
+#[cfg(test)]
+pub(crate) mod crash {
+    use std::cell::Cell;
+
+    thread_local! {
+        static LEFT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    pub(crate) fn arm(writes: Option<usize>) {
+        LEFT.with(|l| l.set(writes));
+    }
+
+    /// Whether the next write is lost (and counts it).
+    pub(crate) fn lose_write() -> bool {
+        LEFT.with(|l| match l.get() {
+            None => false,
+            Some(0) => true,
+            Some(n) => {
+                l.set(Some(n - 1));
+                false
+            }
+        })
+    }
+
+    /// Whether the armed budget ran out (the operation "crashed").
+    pub(crate) fn crashed() -> bool {
+        LEFT.with(|l| l.get() == Some(0))
+    }
+}
+
 #[derive(Debug)]
 struct Block {
     data: Vec<u8>,
@@ -356,6 +388,10 @@ impl MetaFile {
     }
 
     pub(crate) fn pwrite(&self, buf: &[u8], off: u64) -> Result<(), ImageError> {
+        #[cfg(test)]
+        if crash::lose_write() {
+            return Ok(());
+        }
         self.file
             .write_all_at(buf, off)
             .map_err(|e| ImageError::io(format!("writing {} at {off}", self.path.display()), e))

@@ -8,6 +8,8 @@
 
 mod check;
 mod compress;
+#[cfg(test)]
+mod crash_tests;
 pub mod header;
 mod meta;
 mod reader;
