@@ -13,6 +13,7 @@ mod image;
 mod image_local;
 mod output;
 mod progress;
+mod storage;
 mod vm;
 
 use std::io::Write;
@@ -170,6 +171,9 @@ enum Command {
     Project(admin::ProjectCmd),
     /// Print the daemon's events as JSON lines until Ctrl-C.
     Events(admin::EventsArgs),
+    /// Storage pools and volumes.
+    #[command(subcommand)]
+    Storage(storage::StorageCmd),
 }
 
 /// Writes a rendered result to stdout.
@@ -213,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Token(cmd) => admin::token(global, cmd).await,
         Command::Project(cmd) => admin::project(global, cmd).await,
         Command::Events(args) => admin::events(global, args).await,
+        Command::Storage(cmd) => storage::run(global, cmd).await,
     }
 }
 
