@@ -353,7 +353,7 @@ async fn real_memory_snapshot_save_restore_delete() {
     qmp.snapshot_delete(
         "del1",
         "m1",
-        &[root.format.clone()],
+        std::slice::from_ref(&root.format),
         Duration::from_secs(20),
     )
     .await
