@@ -48,6 +48,17 @@ pub struct ActionOpts {
 /// A change to a stopped VM's record.
 type RecordEdit = Box<dyn FnOnce(&mut VmRecord) -> Result<()> + Send>;
 
+/// Work that needs the VM to itself (storage changes, snapshots): it runs inside the actor,
+/// so no action or other work on this VM interleaves with it. It sees the current record and
+/// the running machine (if any) and may return a changed record, which is persisted.
+pub type ExclusiveWork = Box<
+    dyn FnOnce(
+            VmRecord,
+            Option<Arc<dyn Machine>>,
+        ) -> futures::future::BoxFuture<'static, Result<Option<VmRecord>>>
+        + Send,
+>;
+
 enum Msg {
     Action {
         action: VmAction,
@@ -62,6 +73,10 @@ enum Msg {
     Update {
         f: RecordEdit,
         if_match: Option<u64>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Exclusive {
+        work: ExclusiveWork,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -118,6 +133,18 @@ impl VmHandle {
                 if_match,
                 reply,
             })
+            .await
+            .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?
+    }
+
+    /// Runs `work` with the VM to itself (see [`ExclusiveWork`]); its output comes back
+    /// through the closure's own captures.
+    pub async fn exclusive(&self, work: ExclusiveWork) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Exclusive { work, reply })
             .await
             .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?;
         rx.await
@@ -246,6 +273,18 @@ impl Actor {
             }
             Msg::Update { f, if_match, reply } => {
                 let res = self.update(f, if_match).await;
+                let _ = reply.send(res);
+            }
+            Msg::Exclusive { work, reply } => {
+                let (record, machine) = {
+                    let v = self.view.borrow();
+                    (v.record.clone(), v.machine.clone())
+                };
+                let res = match work(record, machine).await {
+                    Ok(Some(changed)) => self.persist(changed).await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
                 let _ = reply.send(res);
             }
         }

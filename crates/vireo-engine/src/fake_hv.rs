@@ -6,6 +6,7 @@
 //! a new one over the same store and hypervisor to simulate a daemon restart.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 use uuid::Uuid;
-use vireo_types::BootSource;
+use vireo_image::{Limits, PathPolicy};
+use vireo_types::{BootSource, DiskSpec, Name};
 
 use crate::console::Console;
 use crate::hv::{
@@ -109,7 +111,7 @@ impl Hypervisor for FakeHypervisor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let m = FakeMachine::new(pid, behaviour);
+        let m = FakeMachine::new(pid, behaviour, req.spec.disks.clone());
         self.machines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -142,10 +144,19 @@ pub struct FakeMachine {
     booted_at: Mutex<tokio::time::Instant>,
     behaviour: FakeBehaviour,
     console: Console,
+    /// Attached disks; storage calls act on their files with the image engine, as QEMU
+    /// would on the open images.
+    disks: Mutex<Vec<DiskSpec>>,
+    /// Run state saved with each memory snapshot (`true` = CPUs were running).
+    saved_states: Mutex<HashMap<String, bool>>,
+    /// Filesystems frozen through the "agent".
+    frozen: AtomicBool,
+    /// How many times the agent froze filesystems.
+    pub freezes: AtomicU32,
 }
 
 impl FakeMachine {
-    fn new(pid: u32, behaviour: FakeBehaviour) -> Arc<Self> {
+    fn new(pid: u32, behaviour: FakeBehaviour, disks: Vec<DiskSpec>) -> Arc<Self> {
         let (events, _) = broadcast::channel(64);
         let backend = Console::create(64 * 1024);
         let console = backend.console.clone();
@@ -157,6 +168,10 @@ impl FakeMachine {
             booted_at: Mutex::new(tokio::time::Instant::now()),
             behaviour,
             console: console.clone(),
+            disks: Mutex::new(disks),
+            saved_states: Mutex::new(HashMap::new()),
+            frozen: AtomicBool::new(false),
+            freezes: AtomicU32::new(0),
         });
         // The guest "prints" its boot banner and echoes what is typed.
         console.push_output(b"fake guest booting\r\nVIREO-GUEST-READY\r\n");
@@ -332,9 +347,167 @@ impl Machine for FakeMachine {
     fn console(&self) -> Console {
         self.console.clone()
     }
+
+    async fn block_resize(&self, disk: &Name, size: u64) -> Result<(), HvError> {
+        self.on_disks("block_resize", std::slice::from_ref(disk), |p| {
+            vireo_image::ops::resize(p, size, &Limits::default(), &open_policy())
+                .map_err(|e| e.to_string())
+        })
+    }
+    async fn hotplug_disk(&self, disk: &DiskSpec) -> Result<(), HvError> {
+        self.alive()?;
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        if disks.iter().any(|d| d.name == disk.name) {
+            return Err(HvError::Monitor {
+                command: "device_add",
+                detail: format!("Duplicate device ID '{}'", disk.name),
+            });
+        }
+        if !disk.path.exists() {
+            return Err(HvError::Monitor {
+                command: "blockdev-add",
+                detail: format!("Could not open '{}'", disk.path.display()),
+            });
+        }
+        disks.push(disk.clone());
+        Ok(())
+    }
+    async fn unplug_disk(&self, disk: &Name, _timeout: Duration) -> Result<(), HvError> {
+        self.alive()?;
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        let before = disks.len();
+        disks.retain(|d| &d.name != disk);
+        if disks.len() == before {
+            return Err(HvError::Monitor {
+                command: "device_del",
+                detail: format!("Device '{disk}' not found"),
+            });
+        }
+        Ok(())
+    }
+    async fn snapshot_disks(&self, tag: &str, disks: &[Name]) -> Result<(), HvError> {
+        self.on_disks("transaction", disks, |p| {
+            vireo_image::qcow2::snapshot_create(p, tag, &Limits::default())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+    async fn delete_disk_snapshots(&self, tag: &str, disks: &[Name]) -> Result<(), HvError> {
+        self.on_disks("blockdev-snapshot-delete-internal-sync", disks, |p| {
+            vireo_image::qcow2::snapshot_delete(p, tag, &Limits::default())
+                .map_err(|e| e.to_string())
+        })
+    }
+    async fn save_snapshot(
+        &self,
+        tag: &str,
+        vmstate_disk: &Name,
+        disks: &[Name],
+    ) -> Result<(), HvError> {
+        self.disk_path(vmstate_disk)?;
+        self.snapshot_disks(tag, disks).await?;
+        self.saved_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tag.to_string(), self.cpus_running.load(Ordering::SeqCst));
+        Ok(())
+    }
+    async fn load_snapshot(
+        &self,
+        tag: &str,
+        vmstate_disk: &Name,
+        disks: &[Name],
+    ) -> Result<(), HvError> {
+        self.disk_path(vmstate_disk)?;
+        if !self
+            .saved_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(tag)
+        {
+            return Err(HvError::Monitor {
+                command: "snapshot-load",
+                detail: format!("snapshot '{tag}' has no VM state"),
+            });
+        }
+        self.on_disks("snapshot-load", disks, |p| {
+            vireo_image::qcow2::snapshot_apply(p, tag, &Limits::default())
+                .map_err(|e| e.to_string())
+        })?;
+        self.cpus_running.store(false, Ordering::SeqCst);
+        let _ = self.events.send(MachineEvent::CpusStopped);
+        Ok(())
+    }
+    async fn agent_fsfreeze(&self, _timeout: Duration) -> Result<u32, HvError> {
+        self.alive()?;
+        if !self.agent_up() {
+            return Err(HvError::Agent("guest agent not running".into()));
+        }
+        self.frozen.store(true, Ordering::SeqCst);
+        self.freezes.fetch_add(1, Ordering::SeqCst);
+        Ok(1)
+    }
+    async fn agent_fsthaw(&self, _timeout: Duration) -> Result<(), HvError> {
+        self.alive()?;
+        self.frozen.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The fake opens only files the engine gave it.
+fn open_policy() -> PathPolicy {
+    PathPolicy {
+        allowed_dirs: vec![PathBuf::from("/")],
+    }
 }
 
 impl FakeMachine {
+    /// Names of the attached disks.
+    pub fn disk_names(&self) -> Vec<String> {
+        self.disks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|d| d.name.to_string())
+            .collect()
+    }
+
+    /// Whether the guest's filesystems are frozen right now.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
+    fn disk_path(&self, disk: &Name) -> Result<PathBuf, HvError> {
+        self.disks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|d| &d.name == disk)
+            .map(|d| d.path.clone())
+            .ok_or_else(|| HvError::Monitor {
+                command: "query-block",
+                detail: format!("no disk {disk}"),
+            })
+    }
+
+    /// Runs an image-engine call on the files of `disks`, as QEMU would on its open images.
+    fn on_disks(
+        &self,
+        command: &'static str,
+        disks: &[Name],
+        f: impl Fn(&std::path::Path) -> Result<(), String>,
+    ) -> Result<(), HvError> {
+        self.alive()?;
+        let paths = disks
+            .iter()
+            .map(|d| self.disk_path(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        for p in paths {
+            f(&p).map_err(|detail| HvError::Monitor { command, detail })?;
+        }
+        Ok(())
+    }
+
     /// Used by tests to request a guest-initiated poweroff.
     pub fn guest_poweroff(self: &Arc<Self>) {
         self.shutdown_soon();

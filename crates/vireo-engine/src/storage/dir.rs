@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use uuid::Uuid;
 use vireo_api::storage::PoolDriverKind;
 use vireo_image::ops::{convert_with, ConvertOptions, Progress};
-use vireo_image::{Format, PathPolicy};
+use vireo_image::{qcow2, Format, Limits, PathPolicy};
 
 use super::{PoolDriver, PoolUsage, ProgressFn, StorageError, VolumeStat};
 
@@ -42,6 +42,13 @@ impl DirPool {
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StorageError {
     let context = context.into();
     move |source| StorageError::Io { context, source }
+}
+
+fn snap(
+    context: impl Into<String>,
+) -> impl FnOnce(vireo_image::qcow2::SnapshotError) -> StorageError {
+    let context = context.into();
+    move |source| StorageError::Snapshot { context, source }
 }
 
 fn image(context: impl Into<String>) -> impl FnOnce(vireo_image::ImageError) -> StorageError {
@@ -149,16 +156,54 @@ impl PoolDriver for DirPool {
         &self,
         id: Uuid,
         src: &Path,
+        snapshot: Option<&str>,
         progress: ProgressFn<'_>,
         cancel: &AtomicBool,
     ) -> Result<(), StorageError> {
         let dst = self.volume_path(id);
         let mut opts = ConvertOptions::new(Format::Qcow2);
         opts.policy = self.trusted_policy();
+        opts.source_snapshot = snapshot.map(str::to_string);
         let mut cb = |p: Progress| progress(p.done_bytes, p.total_bytes);
         convert_with(src, &dst, &opts, &mut cb, cancel)
             .map_err(image(format!("copying {}", src.display())))?;
         Ok(())
+    }
+
+    fn resize(&self, id: Uuid, size: u64) -> Result<(), StorageError> {
+        let path = self.volume_path(id);
+        vireo_image::ops::resize(&path, size, &Limits::default(), &self.trusted_policy()).map_err(
+            |source| StorageError::Resize {
+                context: format!("resizing {}", path.display()),
+                source,
+            },
+        )
+    }
+
+    fn snapshot_create(&self, id: Uuid, name: &str) -> Result<(), StorageError> {
+        let path = self.volume_path(id);
+        qcow2::snapshot_create(&path, name, &Limits::default())
+            .map(|_| ())
+            .map_err(snap(format!("snapshotting {}", path.display())))
+    }
+
+    fn snapshot_apply(&self, id: Uuid, name: &str) -> Result<(), StorageError> {
+        let path = self.volume_path(id);
+        qcow2::snapshot_apply(&path, name, &Limits::default())
+            .map_err(snap(format!("restoring {}", path.display())))
+    }
+
+    fn snapshot_delete(&self, id: Uuid, name: &str) -> Result<(), StorageError> {
+        let path = self.volume_path(id);
+        qcow2::snapshot_delete(&path, name, &Limits::default())
+            .map_err(snap(format!("deleting a snapshot of {}", path.display())))
+    }
+
+    fn snapshot_names(&self, id: Uuid) -> Result<Vec<String>, StorageError> {
+        let path = self.volume_path(id);
+        qcow2::snapshot_list(&path, &Limits::default())
+            .map(|v| v.into_iter().map(|s| s.name).collect())
+            .map_err(snap(format!("listing snapshots of {}", path.display())))
     }
 
     fn adopt(&self, id: Uuid, file: &Path) -> Result<(), StorageError> {
@@ -167,7 +212,7 @@ impl PoolDriver for DirPool {
             Ok(()) => Ok(()),
             // Another filesystem: copy (through a temporary name), then drop the original.
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                self.copy_from(id, file, &mut |_, _| {}, &AtomicBool::new(false))?;
+                self.copy_from(id, file, None, &mut |_, _| {}, &AtomicBool::new(false))?;
                 std::fs::remove_file(file).map_err(io(format!("removing {}", file.display())))
             }
             Err(e) => Err(io(format!("moving {} into the pool", file.display()))(e)),
@@ -209,6 +254,7 @@ mod tests {
         p.copy_from(
             copy,
             &p.volume_path(top),
+            None,
             &mut |d, _| seen = d,
             &AtomicBool::new(false),
         )
@@ -225,6 +271,29 @@ mod tests {
         assert_eq!(p.stat(adopted).unwrap().virtual_size_bytes, 1 << 20);
         assert!(!p.volume_path(copy).exists());
         assert!(p.usage().unwrap().capacity_bytes > 0);
+    }
+
+    #[test]
+    fn resize_and_snapshots() {
+        let (_t, p) = pool();
+        let v = Uuid::now_v7();
+        p.create(v, 4 << 20, None).unwrap();
+        p.snapshot_create(v, "s1").unwrap();
+        assert!(p.snapshot_create(v, "s1").unwrap_err().is_invalid_input());
+        p.resize(v, 8 << 20).unwrap();
+        assert_eq!(p.stat(v).unwrap().virtual_size_bytes, 8 << 20);
+        assert!(p.resize(v, 2 << 20).is_err(), "volumes only grow");
+        // A full copy of the snapshot has the size it had then.
+        let c = Uuid::now_v7();
+        p.copy_from(c, &p.volume_path(v), Some("s1"), &mut |_, _| {}, &AtomicBool::new(false))
+            .unwrap();
+        assert_eq!(p.stat(c).unwrap().virtual_size_bytes, 4 << 20);
+        p.snapshot_apply(v, "s1").unwrap();
+        assert_eq!(p.stat(v).unwrap().virtual_size_bytes, 4 << 20);
+        assert_eq!(p.snapshot_names(v).unwrap(), vec!["s1".to_string()]);
+        p.snapshot_delete(v, "s1").unwrap();
+        assert!(p.snapshot_names(v).unwrap().is_empty());
+        assert!(p.snapshot_apply(v, "s1").unwrap_err().is_invalid_input());
     }
 
     #[test]

@@ -35,6 +35,18 @@ pub enum StorageError {
         #[source]
         source: vireo_image::ImageError,
     },
+    #[error("{context}")]
+    Snapshot {
+        context: String,
+        #[source]
+        source: vireo_image::qcow2::SnapshotError,
+    },
+    #[error("{context}")]
+    Resize {
+        context: String,
+        #[source]
+        source: vireo_image::ops::ResizeError,
+    },
     #[error("{0}")]
     Unsupported(String),
 }
@@ -47,6 +59,10 @@ impl StorageError {
                 !matches!(source, vireo_image::ImageError::Io { .. })
             }
             StorageError::Unsupported(_) => true,
+            StorageError::Snapshot { source, .. } => !matches!(
+                source,
+                vireo_image::qcow2::SnapshotError::Image { .. }
+            ),
             _ => false,
         }
     }
@@ -92,14 +108,22 @@ pub trait PoolDriver: Send + Sync + std::fmt::Debug {
         cancel: &AtomicBool,
     ) -> Result<(), StorageError>;
     /// Makes a new independent volume with the guest-visible content of `src` (a volume of
-    /// any pool, with its backing chain flattened).
+    /// any pool, with its backing chain flattened), or of its internal snapshot `snapshot`.
     fn copy_from(
         &self,
         id: Uuid,
         src: &Path,
+        snapshot: Option<&str>,
         progress: ProgressFn<'_>,
         cancel: &AtomicBool,
     ) -> Result<(), StorageError>;
+    /// Grows a volume that no running QEMU has open.
+    fn resize(&self, id: Uuid, size: u64) -> Result<(), StorageError>;
+    /// Internal snapshots of a volume no running QEMU has open.
+    fn snapshot_create(&self, id: Uuid, name: &str) -> Result<(), StorageError>;
+    fn snapshot_apply(&self, id: Uuid, name: &str) -> Result<(), StorageError>;
+    fn snapshot_delete(&self, id: Uuid, name: &str) -> Result<(), StorageError>;
+    fn snapshot_names(&self, id: Uuid) -> Result<Vec<String>, StorageError>;
     /// Moves a standalone qcow2 file the daemon itself produced (e.g. a converted OVA disk)
     /// into the pool as volume `id`.
     fn adopt(&self, id: Uuid, file: &Path) -> Result<(), StorageError>;
