@@ -22,7 +22,11 @@ fn seed_iso() -> Vec<u8> {
 /// Reads everything a caller could read; must return, never panic.
 fn exercise_reader(image: &[u8]) {
     if let Ok(vol) = read_volume(image) {
-        for e in vol.primary_root.iter().chain(vol.joliet_root.iter().flatten()) {
+        for e in vol
+            .primary_root
+            .iter()
+            .chain(vol.joliet_root.iter().flatten())
+        {
             let _ = file_data(image, e);
         }
         let _ = vol.find("user-data");
@@ -68,7 +72,12 @@ fn corpus_never_panics() {
     }
     let deep = format!("#cloud-config\na: {}\n", "[".repeat(50_000));
     exercise_validators(&deep);
-    let wide = format!("#cloud-config\n{}", (0..20_000).map(|i| format!("k{i}: {i}\n")).collect::<String>());
+    let wide = format!(
+        "#cloud-config\n{}",
+        (0..20_000)
+            .map(|i| format!("k{i}: {i}\n"))
+            .collect::<String>()
+    );
     assert!(userdata::validate(&wide).is_ok());
 }
 
