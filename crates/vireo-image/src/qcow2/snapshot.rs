@@ -529,6 +529,13 @@ fn apply_in(m: &mut MetaFile, sn: &RawSnapshot) -> Result<(), ImageError> {
     // Only the entries that map the disk: VM state past it is for QEMU's loadvm, not the
     // guest disk (and stays referenced by the snapshot).
     let needed = l1_entries_for(size, m.header.cluster_bits);
+    if needed.saturating_mul(8) > m.limits.max_table_bytes {
+        return Err(ImageError::LimitExceeded {
+            what: "qcow2 L1 table",
+            requested: needed.saturating_mul(8),
+            limit: m.limits.max_table_bytes,
+        });
+    }
     let needed32 = u32::try_from(needed).map_err(|_| corrupt("snapshot disk size too large"))?;
     let sn_l1 = m.read_l1(sn.l1_table_offset, sn.l1_size)?;
     let mut new_l1: Vec<u64> = sn_l1
