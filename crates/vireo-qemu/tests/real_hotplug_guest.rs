@@ -383,7 +383,7 @@ async fn real_guest_sees_hotplugged_nic_and_resumes_memory_snapshot() {
     qmp.snapshot_delete(
         "del",
         "mem1",
-        &[data.format.clone()],
+        std::slice::from_ref(&data.format),
         Duration::from_secs(20),
     )
     .await
