@@ -5,8 +5,11 @@
 //! - `match: {macaddress: …}` (lower-case MAC); the interface is not renamed;
 //! - `dhcp4: true` when the NIC has no static addresses, else `dhcp4: false` and
 //!   `addresses: [a.b.c.d/len, …]`;
-//! - default routes as `routes: [{to: 0.0.0.0/0, via: gw4}, {to: ::/0, via: gw6}]` (the
-//!   form every cloud-init renderer understands; `gateway4` is deprecated);
+//! - default gateways as `gateway4` / `gateway6`. netplan calls these deprecated in favour of
+//!   `routes: [{to: default, …}]`, but they are what every cloud-init release converts
+//!   correctly for its non-netplan renderers (ifupdown, networkd, sysconfig): cloud-init
+//!   22.4 (Debian 12) rejects `to: default` and turns `to: ::/0` into `::/64` while
+//!   normalising routes twice (found with the cloud-init oracle test);
 //! - `nameservers: {addresses: […]}` when DNS servers are given (with or without DHCP).
 //!
 //! Invariants: NIC names and MACs are unique, MACs are unicast, prefix lengths fit their
@@ -154,23 +157,11 @@ pub fn render_network_config(nics: &[NicSeed]) -> Result<Option<String>, Network
                 let _ = writeln!(out, "      - {}", quote(&a.to_string()));
             }
         }
-        let routes: Vec<(&str, IpAddr)> = [
-            nic.gateway4.map(|g| ("0.0.0.0/0", IpAddr::V4(g))),
-            nic.gateway6.map(|g| ("::/0", IpAddr::V6(g))),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if !routes.is_empty() {
-            out.push_str("    routes:\n");
-            for (to, via) in routes {
-                let _ = writeln!(
-                    out,
-                    "      - to: {}\n        via: {}",
-                    quote(to),
-                    quote(&via.to_string())
-                );
-            }
+        if let Some(g) = nic.gateway4 {
+            let _ = writeln!(out, "    gateway4: {}", quote(&g.to_string()));
+        }
+        if let Some(g) = nic.gateway6 {
+            let _ = writeln!(out, "    gateway6: {}", quote(&g.to_string()));
         }
         if !nic.dns.is_empty() {
             out.push_str("    nameservers:\n      addresses:\n");
