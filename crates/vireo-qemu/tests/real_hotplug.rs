@@ -543,3 +543,99 @@ async fn pci_addresses(qmp: &QmpClient) -> std::collections::BTreeMap<String, (u
         })
         .collect()
 }
+
+/// Deletes the network namespace when dropped (after the QEMU inside was killed).
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("iproute2");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tap NIC hot-added under Vireo's seccomp sandbox (`script=no`: nothing is spawned). QEMU
+/// runs inside a throwaway network namespace holding the tap, so the host is untouched.
+#[tokio::test]
+async fn real_tap_nic_hotplug_in_a_private_netns() {
+    let ns = format!("vireo-hp-{}", std::process::id());
+    let _ = Command::new("ip")
+        .args(["netns", "delete", &ns])
+        .stderr(std::process::Stdio::null())
+        .status();
+    ip(&["netns", "add", &ns]);
+    let ns_guard = NetnsGuard(ns.clone());
+    ip(&["-n", &ns, "tuntap", "add", "dev", "vhp0", "mode", "tap"]);
+    ip(&["-n", &ns, "link", "set", "vhp0", "up"]);
+    assert!(ip(&["-n", &ns, "link", "show", "vhp0"]).contains("NO-CARRIER"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = bios_vm(dir.path());
+    let uuid = Uuid::new_v4();
+    let mut full = vec!["ip".to_string(), "netns".into(), "exec".into(), ns.clone()];
+    full.extend(argv::build(&spec, &context(dir.path(), uuid)).unwrap());
+    let run = RunPaths::new(dir.path());
+    let qemu = process::spawn(&full, &run.qemu_log(), &run.pidfile(), &run.qmp_socket())
+        .await
+        .unwrap();
+    let guard = KillOnDrop {
+        pid: qemu.pid(),
+        uuid,
+    };
+    let qmp = QmpClient::connect(run.qmp_socket()).await.unwrap();
+    let nic = NicSpec {
+        name: common::name("eth1"),
+        mac: "0a:76:72:00:00:44".parse().unwrap(),
+        backend: NicBackend::Tap {
+            ifname: "vhp0".into(),
+        },
+    };
+    let port = HotplugPlacement::default().free_port().unwrap();
+    qmp.hot_add_nic(&nic_hotplug(&nic, port)).await.unwrap();
+    // QEMU holds the tap open: the carrier is up.
+    let link = ip(&["-n", &ns, "link", "show", "vhp0"]);
+    assert!(!link.contains("NO-CARRIER"), "{link}");
+    assert_eq!(
+        qmp.port_occupant(&port.id()).await.unwrap().as_deref(),
+        Some("nic_eth1")
+    );
+    // The same tap cannot back a second NIC (QEMU opens it exclusively); nothing is left.
+    let second = NicSpec {
+        name: common::name("eth2"),
+        mac: "0a:76:72:00:00:45".parse().unwrap(),
+        backend: nic.backend.clone(),
+    };
+    let next = vireo_qemu::HotplugPort::try_from(1).unwrap();
+    let err = qmp
+        .hot_add_nic(&nic_hotplug(&second, next))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            HotplugError::Qmp {
+                command: "netdev_add",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!qmp.device_exists("nic_eth2").await.unwrap());
+    qmp.quit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), qemu.exited())
+        .await
+        .unwrap();
+    drop(guard);
+    drop(ns_guard);
+}
