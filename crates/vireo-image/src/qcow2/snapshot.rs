@@ -134,6 +134,11 @@ impl RawSnapshot {
         self.extra_u64(8)
     }
 
+    /// Record/replay instruction count, if recorded (-1 means none).
+    pub(crate) fn icount(&self) -> Option<u64> {
+        self.extra_u64(16).filter(|v| *v != u64::MAX)
+    }
+
     fn entry(&self, current_size: u64) -> SnapshotEntry {
         SnapshotEntry {
             id: String::from_utf8_lossy(&self.id).into_owned(),
@@ -143,7 +148,7 @@ impl RawSnapshot {
             vm_clock_nsec: self.vm_clock_nsec,
             vm_state_size: self.vm_state_size(),
             disk_size: self.disk_size().unwrap_or(current_size),
-            icount: self.extra_u64(16).filter(|v| *v != u64::MAX),
+            icount: self.icount(),
         }
     }
 
@@ -277,11 +282,6 @@ pub(crate) fn read_raw_table(
                 requested: l1_bytes,
                 limit: limits.max_table_bytes,
             });
-        }
-        if raw.l1_size > 0 && raw.l1_table_offset.saturating_add(l1_bytes) > file_len {
-            return Err(corrupt(format!(
-                "snapshot {i} L1 table is past end of file"
-            )));
         }
         if header.version >= 3 && raw.extra.len() < 16 {
             return Err(corrupt(format!(
