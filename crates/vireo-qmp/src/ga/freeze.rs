@@ -87,7 +87,9 @@ impl GuestAgent {
     ///
     /// The freeze may take up to `freeze_timeout` (it flushes dirty data). After a freeze
     /// timeout the agent may still complete the freeze later; the thaw is queued behind it,
-    /// so it is attempted then too. Each thaw attempt uses the agent's default timeout.
+    /// so it is attempted then too. A freeze the agent rejected (an error reply) is returned
+    /// as [`FreezeError::Freeze`] without a thaw, and `work` does not run. Each thaw attempt
+    /// uses the agent's default timeout.
     pub async fn with_frozen_filesystems<T, E, Fut>(
         &self,
         freeze_timeout: Duration,
@@ -99,6 +101,10 @@ impl GuestAgent {
         Fut: Future<Output = Result<T, E>>,
     {
         let outcome = match self.fsfreeze_freeze(freeze_timeout).await {
+            // The agent answered with an error: it thawed whatever it had frozen itself (and a
+            // thaw may be refused just the same, e.g. when freezing is disabled).
+            Err(e @ GuestAgentError::Command { .. }) => return Err(FreezeError::Freeze(e)),
+            // No answer: the freeze may still happen; thaw below.
             Err(e) => Err(FreezeError::Freeze(e)),
             Ok(frozen) => {
                 tracing::debug!(frozen, "guest filesystems frozen");
