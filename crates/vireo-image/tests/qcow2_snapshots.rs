@@ -512,7 +512,22 @@ fn snapshot_with_vm_state_from_real_qemu() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].name, "vm1");
     assert!(listed[0].vm_state_size > 0, "{listed:?}");
+    assert_eq!(listed[0].disk_size, 16 << 20);
     qcheck_clean(&img);
+    // The active table still maps the (discarded) VM state range: growth exposes zeros.
+    let c1 = qraw(&img, &d.join("c1.raw"));
+    ops::resize(&img, 64 << 20, &lim(), &PathPolicy::default()).unwrap();
+    qio(
+        &img,
+        "qcow2",
+        &["read -P 0 16M 48M", "write -P 0x12 20M 64k"],
+    );
+    qcheck_clean(&img);
+    // Applying it restores the 16 MiB disk without the VM state.
+    snapshot_apply(&img, "vm1", &lim()).unwrap();
+    qcheck_clean(&img);
+    assert_eq!(qinfo(&img)["virtual-size"], 16 << 20);
+    assert_eq!(qcompare(&c1, &img), 0);
     let before = qinfo(&img)["actual-size"].as_u64().unwrap();
     snapshot_delete(&img, "vm1", &lim()).unwrap();
     qcheck_clean(&img);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use super::compress;
 use super::header::l1_entries_for;
 use super::meta::{refused, MetaFile};
-use super::reader::{decode_l1_entry, decode_l2_entry, Mapping, OFFSET_MASK, OFLAG_COPIED};
+use super::reader::{decode_l1_entry, decode_l2_entry, Mapping, OFLAG_COPIED};
 use crate::device::{Limits, PathPolicy};
 use crate::error::ImageError;
 
@@ -138,38 +138,41 @@ fn grow(m: &mut MetaFile, new_size: u64, policy: &PathPolicy) -> Result<(), Imag
     m.commit_refcounts()
 }
 
-/// Makes sure the guest range past `old` reads as zeros once exposed: no L1/L2 mapping past
-/// the last cluster, and the tail of a partial last cluster is zero (zeroed in place when the
-/// cluster is not shared, refused otherwise).
+/// Makes sure the guest range past `old` reads as zeros once exposed: every cluster the
+/// active L1 table maps past the last one is unallocated or a zero cluster (what QEMU leaves
+/// after discarding VM state there), and the tail of a partial last cluster is zero (zeroed
+/// in place when the cluster is not shared, refused otherwise).
 fn check_nothing_past_end(m: &mut MetaFile, l1: &[u64], old: u64) -> Result<(), ImageError> {
     let cs = m.cluster_size();
     let per_l2 = cs / 8;
     let clusters = old.div_ceil(cs);
-    let l1_used = clusters.div_ceil(per_l2);
     let bound = m.file().metadata().map(|md| md.len()).unwrap_or(0);
-    let bits = m.header.cluster_bits;
-    let stale = || refused(&m.path, "the image maps clusters past its virtual size");
-    if l1
-        .iter()
-        .skip(l1_used as usize)
-        .any(|e| e & OFFSET_MASK != 0)
-    {
-        return Err(stale());
-    }
-    if !clusters.is_multiple_of(per_l2) && l1_used > 0 {
-        let l2 = decode_l1_entry(l1[(l1_used - 1) as usize], bits, bound)?;
-        if l2 != 0 {
-            let table = m.read_l2(l2)?;
-            if table[(clusters % per_l2) as usize..]
-                .iter()
-                .any(|e| *e & !OFLAG_COPIED != 0)
-            {
-                return Err(stale());
+    let (bits, version) = (m.header.cluster_bits, m.header.version);
+    let first_l1 = (clusters / per_l2) as usize;
+    for (i, &e) in l1.iter().enumerate().skip(first_l1) {
+        let l2 = decode_l1_entry(e, bits, bound)?;
+        if l2 == 0 {
+            continue;
+        }
+        let start = if i == first_l1 {
+            (clusters % per_l2) as usize
+        } else {
+            0
+        };
+        for &le in &m.read_l2(l2)?[start..] {
+            match decode_l2_entry(le, bits, version, bound)? {
+                Mapping::Unallocated | Mapping::Zero { .. } => {}
+                Mapping::Data { .. } | Mapping::Compressed { .. } => {
+                    return Err(refused(
+                        &m.path,
+                        "the image maps data past its virtual size",
+                    ))
+                }
             }
         }
     }
     let tail = old % cs;
-    if tail == 0 || l1_used == 0 {
+    if tail == 0 {
         return Ok(());
     }
     let last = clusters - 1;
@@ -179,7 +182,7 @@ fn check_nothing_past_end(m: &mut MetaFile, l1: &[u64], old: u64) -> Result<(), 
     }
     let entry = m.read_l2(l2)?[(last % per_l2) as usize];
     let mut cluster = vec![0u8; cs as usize];
-    match decode_l2_entry(entry, bits, m.header.version, bound)? {
+    match decode_l2_entry(entry, bits, version, bound)? {
         Mapping::Unallocated | Mapping::Zero { .. } => return Ok(()),
         Mapping::Data { host } => {
             m.pread(&mut cluster, host)?;
