@@ -714,6 +714,8 @@ impl MetaFile {
             }
         }
         if self.reftable_dirty {
+            // New blocks are durable before any table entry points at them.
+            self.sync()?;
             match self.new_reftable {
                 Some((off, _)) => self.write_table(&self.reftable, off)?,
                 None => self.write_table(&self.reftable, self.header.refcount_table_offset)?,
