@@ -316,6 +316,109 @@ mod tests {
         assert!(validate_hostname(&long).is_err());
     }
 
+    fn base() -> SeedInput {
+        SeedInput {
+            instance_id: "iid-1".into(),
+            hostname: "h1".into(),
+            ..SeedInput::default()
+        }
+    }
+
+    #[test]
+    fn minimal_seed() {
+        let files = render_seed(&base()).unwrap();
+        assert_eq!(
+            files.meta_data,
+            "instance-id: \"iid-1\"\nlocal-hostname: \"h1\"\n"
+        );
+        assert_eq!(files.user_data, "#cloud-config\nhostname: \"h1\"\n");
+        assert_eq!(files.network_config, None);
+        assert_eq!(files.vendor_data, None);
+    }
+
+    #[test]
+    fn user_data_without_keys_passes_through_unchanged() {
+        for doc in [
+            "#cloud-config\n# c\nruncmd: [ls]\n",
+            "#!/bin/sh\necho hi\n",
+            "plain text\n",
+        ] {
+            let input = SeedInput {
+                user_data: Some(doc.into()),
+                ..base()
+            };
+            assert_eq!(render_seed(&input).unwrap().user_data, doc);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_failing_piece() {
+        let key = ssh::tests::fake_key("ssh-ed25519", "k");
+        let msg = |input: SeedInput| render_seed(&input).unwrap_err().to_string();
+        assert_eq!(
+            msg(SeedInput {
+                ssh_authorized_keys: vec![key.clone(), "ssh-rsa nope".into()],
+                ..base()
+            }),
+            "SSH key #2 is invalid"
+        );
+        assert_eq!(
+            msg(SeedInput {
+                ssh_authorized_keys: vec![key.clone(); MAX_SSH_KEYS + 1],
+                ..base()
+            }),
+            "257 SSH keys given, at most 256"
+        );
+        assert_eq!(
+            msg(SeedInput {
+                user_data: Some("#cloud-config\na: [\n".into()),
+                ..base()
+            }),
+            "user-data is invalid"
+        );
+        assert_eq!(
+            msg(SeedInput {
+                user_data: Some("plain text\n".into()),
+                ssh_authorized_keys: vec![key.clone()],
+                ..base()
+            }),
+            "user-data is invalid"
+        );
+        assert_eq!(
+            msg(SeedInput {
+                vendor_data: Some("#cloud-config\n- x\n".into()),
+                ..base()
+            }),
+            "vendor-data is invalid"
+        );
+        assert_eq!(
+            msg(SeedInput {
+                network_config: Some("ethernets: {}\n".into()),
+                ..base()
+            }),
+            "network configuration is invalid"
+        );
+        assert_eq!(
+            msg(SeedInput {
+                hostname: "a_b".into(),
+                ..base()
+            }),
+            "hostname \"a_b\" is not a valid RFC 1123 host name: only letters, digits, hyphens and dots are allowed"
+        );
+        // Many long keys: each is valid, the generated user-data is not.
+        let long_key = ssh::tests::fake_key("ssh-ed25519", &"c".repeat(8000));
+        assert_eq!(
+            msg(SeedInput {
+                ssh_authorized_keys: vec![long_key; 200],
+                ..base()
+            })
+            .split(" would be")
+            .next()
+            .unwrap(),
+            "generated user-data"
+        );
+    }
+
     #[test]
     fn instance_ids() {
         assert!(validate_instance_id("i-0123:abc.def_x").is_ok());

@@ -255,10 +255,15 @@ struct VersionProbe {
     network: Option<NestedProbe>,
 }
 
+/// `network:` as a mapping with a version, or anything else (then it holds no version).
 #[derive(Deserialize)]
-struct NestedProbe {
-    #[serde(default)]
-    version: Option<VersionValue>,
+#[serde(untagged)]
+enum NestedProbe {
+    Mapping {
+        #[serde(default)]
+        version: Option<VersionValue>,
+    },
+    Other(serde::de::IgnoredAny),
 }
 
 /// Any scalar (to report what was found instead of a type error).
@@ -285,9 +290,10 @@ pub fn validate_network_config(text: &str) -> Result<(), NetworkError> {
     }
     let probe: VersionProbe =
         yaml::from_str(text).map_err(|source| NetworkError::Yaml { source })?;
-    let version = probe
-        .version
-        .or_else(|| probe.network.and_then(|n| n.version));
+    let version = probe.version.or(match probe.network {
+        Some(NestedProbe::Mapping { version }) => version,
+        _ => None,
+    });
     match version {
         Some(VersionValue::Int(1 | 2)) => Ok(()),
         Some(VersionValue::Int(v)) => Err(NetworkError::Version {
@@ -299,5 +305,93 @@ pub fn validate_network_config(text: &str) -> Result<(), NetworkError> {
         None => Err(NetworkError::Version {
             found: "no version".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nic(name: &str, last: u8) -> NicSeed {
+        NicSeed {
+            name: name.into(),
+            mac: [0x52, 0x54, 0, 0, 0, last],
+            addresses: vec![],
+            gateway4: None,
+            gateway6: None,
+            dns: vec![],
+        }
+    }
+
+    #[test]
+    fn prefixes_parse_and_check_their_family() {
+        let p: IpPrefix = "192.0.2.1/24".parse().unwrap();
+        assert_eq!(p.to_string(), "192.0.2.1/24");
+        assert!("2001:db8::1/128".parse::<IpPrefix>().is_ok());
+        for bad in [
+            "192.0.2.1",
+            "192.0.2.1/33",
+            "2001:db8::/129",
+            "x/1",
+            "1.2.3.4/-1",
+        ] {
+            assert!(bad.parse::<IpPrefix>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn no_nics_means_no_file() {
+        assert_eq!(render_network_config(&[]).unwrap(), None);
+    }
+
+    #[test]
+    fn rejects_inconsistent_nics() {
+        let msg = |nics: &[NicSeed]| render_network_config(nics).unwrap_err().to_string();
+        assert_eq!(msg(&[nic("a", 1), nic("a", 2)]), "two NICs are named \"a\"");
+        assert_eq!(
+            msg(&[nic("a", 1), nic("b", 1)]),
+            "NICs \"a\" and \"b\" have the same MAC address 52:54:00:00:00:01"
+        );
+        let mut multicast = nic("m", 1);
+        multicast.mac[0] = 0x01;
+        assert!(msg(&[multicast]).contains("multicast"));
+        assert!(msg(&[nic("way-too-long-name", 1)]).contains("must be 1 to 15"));
+        assert!(msg(&[nic("", 1)]).contains("must be 1 to 15"));
+        let mut gw = nic("g", 1);
+        gw.gateway4 = Some(Ipv4Addr::new(192, 0, 2, 1));
+        gw.addresses = vec!["2001:db8::2/64".parse().unwrap()];
+        assert_eq!(
+            msg(&[gw]),
+            "NIC \"g\": gateway 192.0.2.1 needs a static IPv4 address on the NIC"
+        );
+        let mut bad_prefix = nic("p", 1);
+        bad_prefix.addresses = vec![IpPrefix {
+            addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            prefix_len: 40,
+        }];
+        assert!(msg(&[bad_prefix]).contains("prefix length too long"));
+        let many: Vec<NicSeed> = (0..=MAX_NICS as u8)
+            .map(|i| nic(&format!("n{i}"), i))
+            .collect();
+        assert!(msg(&many).contains("at most 32"));
+    }
+
+    #[test]
+    fn user_network_config_needs_a_known_version() {
+        for ok in [
+            "version: 2\nethernets: {}\n",
+            "network:\n  version: 1\n  config: []\n",
+            "network: {version: 2}\n",
+        ] {
+            assert!(validate_network_config(ok).is_ok(), "{ok}");
+        }
+        let msg = |text: &str| validate_network_config(text).unwrap_err().to_string();
+        assert!(msg("ethernets: {}\n").ends_with("found no version"));
+        assert!(msg("version: 3\n").ends_with("found version 3"));
+        assert!(msg("version: \"2\"\n").ends_with("found a version that is not an integer"));
+        assert!(msg("network: 5\n").ends_with("found no version"));
+        assert!(msg("").ends_with("found an empty document"));
+        assert_eq!(msg("- a\n"), "network-config is not valid");
+        assert_eq!(msg("version: [2\n"), "network-config is not valid");
     }
 }
