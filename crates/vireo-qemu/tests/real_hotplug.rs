@@ -222,6 +222,40 @@ async fn real_disk_hotplug_resize_and_internal_snapshots() {
         .unwrap_err();
     assert!(matches!(&err, BlockError::NodeNotFound { .. }), "{err:?}");
 
+    // Both disks at one instant, all or nothing.
+    let both = vec!["fmt_root".to_string(), "fmt_extra".to_string()];
+    qmp.snapshot_internal_create_all(&both, "pair")
+        .await
+        .unwrap();
+    for node in &both {
+        let names: Vec<String> = qmp
+            .snapshot_internal_list(node)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert!(names.contains(&"pair".to_string()), "{node}: {names:?}");
+    }
+    // "s2" exists on fmt_extra only: the transaction fails as a whole, fmt_root gets nothing.
+    let err = qmp
+        .snapshot_internal_create_all(&both, "s2")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, BlockError::SnapshotExists { node, name } if node == "fmt_extra" && name == "s2"),
+        "{err:?}"
+    );
+    assert!(!qmp
+        .snapshot_internal_list("fmt_root")
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.name == "s2"));
+    for node in &both {
+        qmp.snapshot_internal_delete(node, "pair").await.unwrap();
+    }
+
     // Nothing in the machine releases the device: removal times out with a clear error,
     // keeps the nodes, and a retry waits for the pending unplug again.
     let started = Instant::now();

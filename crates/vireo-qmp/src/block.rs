@@ -266,6 +266,49 @@ impl QmpClient {
         }
     }
 
+    /// Takes an internal snapshot `name` of every node in `nodes` atomically: all or none.
+    ///
+    /// QMP contract: `transaction {"actions": [{"type": "blockdev-snapshot-internal-sync",
+    /// "data": {"device": node, "name": name}}, …]}`; QEMU drains I/O of all nodes, takes every
+    /// snapshot, and on any failure deletes the ones already taken. So the disks of a running
+    /// VM are captured at one instant (crash-consistent across disks, without pausing).
+    pub async fn snapshot_internal_create_all(
+        &self,
+        nodes: &[String],
+        name: &str,
+    ) -> Result<(), BlockError> {
+        let actions: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                json!({"type": "blockdev-snapshot-internal-sync",
+                       "data": {"device": node, "name": name}})
+            })
+            .collect();
+        match self
+            .execute("transaction", Some(json!({"actions": actions})))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(mut source) => {
+                // Name the first node that explains the failure; else QEMU's error.
+                for node in nodes {
+                    match self
+                        .explain(node, "transaction", Some((name, true)), source)
+                        .await
+                    {
+                        BlockError::Qmp { source: back, .. } => source = back,
+                        typed => return Err(typed),
+                    }
+                }
+                Err(BlockError::Qmp {
+                    operation: "transaction",
+                    node: nodes.join(","),
+                    source,
+                })
+            }
+        }
+    }
+
     /// Deletes the internal snapshot `name` of the format node `node` and returns what it
     /// was.
     ///
