@@ -127,19 +127,31 @@ fn opt_path(what: &'static str, p: &Path) -> Result<String, ArgvError> {
     utf8(what, p).map(escape_opt)
 }
 
-/// Builds the full argv (including `argv[0]`) for `spec` in `ctx`, every device
-/// cold-plugged on `pcie.0` (a VM without hot-added devices).
-pub fn build(spec: &VmSpec, ctx: &LaunchContext) -> Result<Vec<String>, ArgvError> {
-    build_with_placement(spec, ctx, &HotplugPlacement::default())
+/// Launch choices besides the spec and the context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// The hotplug port of every device hot-added in an earlier run; the others are
+    /// cold-plugged on `pcie.0`.
+    pub placement: HotplugPlacement,
+    /// Start with the vCPUs stopped (`-S`): QEMU stays in `prelaunch` until QMP `cont`. This is
+    /// how a memory snapshot is restored into a VM that is not running: start paused,
+    /// `snapshot-load`, `cont` (no guest code runs before the load).
+    pub start_paused: bool,
 }
 
-/// Builds the full argv (including `argv[0]`) for `spec` in `ctx`; the disks and NICs in
-/// `placement` go on their hotplug root ports, the others on `pcie.0`.
-pub fn build_with_placement(
+/// Builds the full argv (including `argv[0]`) for `spec` in `ctx` with default
+/// [`LaunchOptions`]: every device cold-plugged on `pcie.0`, vCPUs running.
+pub fn build(spec: &VmSpec, ctx: &LaunchContext) -> Result<Vec<String>, ArgvError> {
+    build_with(spec, ctx, &LaunchOptions::default())
+}
+
+/// Builds the full argv (including `argv[0]`) for `spec` in `ctx` with `options`.
+pub fn build_with(
     spec: &VmSpec,
     ctx: &LaunchContext,
-    placement: &HotplugPlacement,
+    options: &LaunchOptions,
 ) -> Result<Vec<String>, ArgvError> {
+    let placement = &options.placement;
     spec.validate().map_err(ArgvError::InvalidSpec)?;
     placement.validate(spec).map_err(ArgvError::Placement)?;
     let run = RunPaths::new(&ctx.run_dir);
@@ -174,6 +186,9 @@ pub fn build_with_placement(
     a.push1("-nodefaults");
     a.push1("-no-user-config");
     a.push2("-display", "none");
+    if options.start_paused {
+        a.push1("-S");
+    }
     a.push2(
         "-sandbox",
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",

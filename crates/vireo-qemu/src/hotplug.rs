@@ -14,7 +14,7 @@
 //!   only after 27 other devices, so cold-plugged devices keep the addresses they had before
 //!   ports existed;
 //! - a device hot-added on port N is re-created at the next boot with `bus=vireo_hpN`
-//!   ([`HotplugPlacement`], used by `argv::build_with_placement`), so the guest finds it at the
+//!   ([`HotplugPlacement`] in `argv::LaunchOptions`), so the guest finds it at the
 //!   same PCI location; a placement never puts two devices on one port.
 
 use std::collections::BTreeMap;

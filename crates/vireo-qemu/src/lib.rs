@@ -19,7 +19,7 @@ pub mod process;
 pub mod rundir;
 
 pub use accel::{Accel, AccelPolicy, AccelProbe};
-pub use argv::{build, build_with_placement, LaunchContext};
+pub use argv::{build, build_with, LaunchContext, LaunchOptions};
 pub use hotplug::{pick_free_port, HotplugPlacement, HotplugPort};
 pub use ovmf::OvmfFiles;
 pub use process::{ExitStatus, QemuProcess};

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
-use vireo_qemu::argv::{build, build_with_placement, ArgvError, LaunchContext};
+use vireo_qemu::argv::{build, build_with, ArgvError, LaunchContext, LaunchOptions};
 use vireo_qemu::hotplug::{HotplugPlacement, HotplugPort, PlacementError};
 use vireo_qemu::{Accel, OvmfFiles};
 use vireo_types::{BootSource, DiskFormat, DiskSpec, Firmware, Name, NicBackend, NicSpec, VmSpec};
@@ -301,8 +301,11 @@ fn hotplugged_devices_on_their_ports() {
     let mut placement = HotplugPlacement::default();
     placement.disks.insert(name("extra"), port(0));
     placement.nics.insert(name("eth1"), port(1));
-    let argv =
-        build_with_placement(&hotplugged_spec(), &ctx(Accel::Tcg, false), &placement).unwrap();
+    let options = LaunchOptions {
+        placement,
+        start_paused: false,
+    };
+    let argv = build_with(&hotplugged_spec(), &ctx(Accel::Tcg, false), &options).unwrap();
     check("hotplugged_devices_on_their_ports", argv.clone());
     let cold = build(&hotplugged_spec(), &ctx(Accel::Tcg, false)).unwrap();
     let differing: Vec<_> = argv
@@ -320,6 +323,36 @@ fn hotplugged_devices_on_their_ports() {
     );
 }
 
+fn placed(placement: HotplugPlacement) -> LaunchOptions {
+    LaunchOptions {
+        placement,
+        start_paused: false,
+    }
+}
+
+/// `-S` exactly when asked for, right after the display option; nothing else changes.
+#[test]
+fn start_paused_adds_only_dash_s() {
+    let spec = hotplugged_spec();
+    let c = ctx(Accel::Tcg, false);
+    let running = build(&spec, &c).unwrap();
+    let paused = build_with(
+        &spec,
+        &c,
+        &LaunchOptions {
+            start_paused: true,
+            ..LaunchOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(!running.iter().any(|a| a == "-S"));
+    let at = paused.iter().position(|a| a == "-S").unwrap();
+    assert_eq!(paused[at - 2..at], ["-display", "none"]);
+    let mut without = paused.clone();
+    without.remove(at);
+    assert_eq!(without, running);
+}
+
 #[test]
 fn placements_that_do_not_fit_are_rejected() {
     let spec = hotplugged_spec();
@@ -327,20 +360,20 @@ fn placements_that_do_not_fit_are_rejected() {
     let mut unknown = HotplugPlacement::default();
     unknown.disks.insert(name("nosuch"), port(0));
     assert!(matches!(
-        build_with_placement(&spec, &c, &unknown),
+        build_with(&spec, &c, &placed(unknown)),
         Err(ArgvError::Placement(PlacementError::UnknownDisk(n))) if n.as_str() == "nosuch"
     ));
     let mut unknown_nic = HotplugPlacement::default();
     unknown_nic.nics.insert(name("eth9"), port(0));
     assert!(matches!(
-        build_with_placement(&spec, &c, &unknown_nic),
+        build_with(&spec, &c, &placed(unknown_nic)),
         Err(ArgvError::Placement(PlacementError::UnknownNic(_)))
     ));
     let mut shared = HotplugPlacement::default();
     shared.disks.insert(name("extra"), port(2));
     shared.nics.insert(name("eth1"), port(2));
     assert!(matches!(
-        build_with_placement(&spec, &c, &shared),
+        build_with(&spec, &c, &placed(shared)),
         Err(ArgvError::Placement(PlacementError::PortShared { port: p, .. })) if p == port(2)
     ));
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use uuid::Uuid;
 use vireo_qemu::hotplug::{disk_hotplug, disk_nodes, nic_hotplug, HotplugPlacement};
-use vireo_qemu::{argv, process, RunPaths};
+use vireo_qemu::{argv, process, LaunchOptions, RunPaths};
 use vireo_qmp::{FreezeError, FsFreezeStatus, GuestAgent, QmpClient, RunState, VmSnapshot};
 use vireo_tinyimage::{build, BuildOptions, TinyImage};
 use vireo_types::{BootSource, DiskFormat, DiskSpec, NicBackend, NicSpec, VmSpec};
@@ -56,12 +56,12 @@ fn qcow2_disk(dir: &Path, name: &str, size: &str) -> DiskSpec {
 struct Guest {
     qmp: QmpClient,
     agent: GuestAgent,
-    _qemu: process::QemuProcess,
+    qemu: process::QemuProcess,
     _guard: KillOnDrop,
 }
 
-async fn boot(dir: &Path, image: &TinyImage) -> Guest {
-    let spec = VmSpec {
+fn tiny_spec(dir: &Path, image: &TinyImage) -> VmSpec {
+    VmSpec {
         vcpus: 1,
         memory_mib: 256,
         boot: BootSource::Kernel {
@@ -75,11 +75,19 @@ async fn boot(dir: &Path, image: &TinyImage) -> Guest {
             mac: "0a:76:72:00:01:01".parse().unwrap(),
             backend: NicBackend::User,
         }],
-    };
+    }
+}
+
+/// Starts QEMU for `spec` with Vireo's command line; with `start_paused` it stays in
+/// `prelaunch`.
+async fn launch(dir: &Path, spec: &VmSpec, start_paused: bool) -> Guest {
     let uuid = Uuid::new_v4();
     let run = RunPaths::new(dir);
-    let argv = argv::build(&spec, &context(dir, uuid)).unwrap();
-    let started = Instant::now();
+    let options = LaunchOptions {
+        start_paused,
+        ..LaunchOptions::default()
+    };
+    let argv = argv::build_with(spec, &context(dir, uuid), &options).unwrap();
     let qemu = process::spawn(&argv, &run.qemu_log(), &run.pidfile(), &run.qmp_socket())
         .await
         .unwrap();
@@ -89,7 +97,20 @@ async fn boot(dir: &Path, image: &TinyImage) -> Guest {
     };
     let qmp = QmpClient::connect(run.qmp_socket()).await.unwrap();
     let agent = GuestAgent::with_timeout(run.qga_socket(), Duration::from_secs(5));
-    while agent
+    Guest {
+        qmp,
+        agent,
+        qemu,
+        _guard: guard,
+    }
+}
+
+/// Boots the tiny guest and waits for its agent.
+async fn boot(dir: &Path, spec: &VmSpec) -> Guest {
+    let started = Instant::now();
+    let guest = launch(dir, spec, false).await;
+    while guest
+        .agent
         .ping_with_timeout(Duration::from_millis(500))
         .await
         .is_err()
@@ -97,7 +118,7 @@ async fn boot(dir: &Path, image: &TinyImage) -> Guest {
         assert!(
             started.elapsed() < READY_TIMEOUT,
             "guest agent not up; console:\n{}",
-            std::fs::read_to_string(run.console_log()).unwrap_or_default()
+            std::fs::read_to_string(RunPaths::new(dir).console_log()).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -105,12 +126,7 @@ async fn boot(dir: &Path, image: &TinyImage) -> Guest {
         "guest agent up {:.1} s after QEMU start",
         started.elapsed().as_secs_f64()
     );
-    Guest {
-        qmp,
-        agent,
-        _qemu: qemu,
-        _guard: guard,
-    }
+    guest
 }
 
 impl Guest {
@@ -160,7 +176,8 @@ fn disk_by_serial(serial: &str) -> String {
 async fn real_guest_sees_hotplugged_disk_resize_and_removal_and_freezes() {
     let dir = tempfile::tempdir().unwrap();
     let image = build_image(&dir.path().join("image"));
-    let guest = boot(dir.path(), &image).await;
+    let spec = tiny_spec(dir.path(), &image);
+    let guest = boot(dir.path(), &spec).await;
     let qmp = &guest.qmp;
 
     // Hot-add: the guest gets a new virtio disk with the disk's name as serial, and can
@@ -277,7 +294,8 @@ async fn real_guest_sees_hotplugged_disk_resize_and_removal_and_freezes() {
 async fn real_guest_sees_hotplugged_nic_and_resumes_memory_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let image = build_image(&dir.path().join("image"));
-    let guest = boot(dir.path(), &image).await;
+    let spec = tiny_spec(dir.path(), &image);
+    let guest = boot(dir.path(), &spec).await;
     let qmp = &guest.qmp;
 
     // NIC hot-add: a new interface with the requested MAC appears.
@@ -379,6 +397,37 @@ async fn real_guest_sees_hotplugged_nic_and_resumes_memory_snapshot() {
     assert!(
         restored >= before && restored < advanced,
         "counter {restored} should continue from the saved {before}..{after_save}, not {advanced}"
+    );
+    // Restore into a VM that is not running: QEMU started paused (prelaunch), load, cont.
+    // The guest continues from the saved counter without booting.
+    guest.qmp.quit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), guest.qemu.exited())
+        .await
+        .expect("QEMU exits after quit");
+    drop(guest);
+    let guest = launch(dir.path(), &spec, true).await;
+    let qmp = &guest.qmp;
+    assert_eq!(
+        qmp.query_status().await.unwrap().status,
+        RunState::Prelaunch
+    );
+    let t = Instant::now();
+    qmp.snapshot_restore(&snap("load-cold"), true, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let cold = guest
+        .sh("cat /run/counter")
+        .await
+        .trim()
+        .parse::<u64>()
+        .unwrap();
+    println!(
+        "restore into a paused QEMU: counter {cold} {} ms after load",
+        t.elapsed().as_millis()
+    );
+    assert!(
+        cold >= before && cold < advanced,
+        "counter {cold} should continue from the saved {before}..{after_save}"
     );
     qmp.snapshot_delete(
         "del",
