@@ -25,6 +25,11 @@
 //!    the snapshot was saved, with the RAM, device and disk contents of that moment. If the
 //!    load fails the VM is left paused: its state may be partially restored, so it must not be
 //!    resumed blindly;
+//!    A VM that is not running is restored the same way after starting QEMU with its vCPUs
+//!    stopped (`-S`, `vireo_qemu::argv::LaunchOptions::start_paused`): `snapshot-load` in
+//!    `prelaunch`, then `cont`; no guest code runs before the load. The machine must have the
+//!    same devices as when the snapshot was saved (hot-added ones on the same ports), or QEMU
+//!    rejects the device state;
 //! 3. delete: [`QmpClient::snapshot_delete`] with every device that holds the tag.
 
 use std::time::Duration;
