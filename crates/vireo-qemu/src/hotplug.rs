@@ -7,6 +7,11 @@
 //! as the functions of one multifunction slot ([`HOTPLUG_PORT_SLOT`]) so they occupy a single
 //! slot on `pcie.0`.
 //!
+//! Devices on `pcie.0` cannot be hot-removed (QMP `device_del` answers that the bus does not
+//! support hotplugging; `vireo_qmp` reports `HotplugError::NotHotpluggable`). A disk or NIC
+//! that should stay removable while the VM runs can be given a port in the
+//! [`HotplugPlacement`] even when it is attached while the VM is stopped.
+//!
 //! Invariants:
 //! - port ids, PCI addresses, chassis and port numbers are fixed functions of the port index,
 //!   so a port is the same hardware location on every boot;
@@ -114,8 +119,8 @@ pub fn pick_free_port(used: impl IntoIterator<Item = HotplugPort>) -> Option<Hot
     HotplugPort::all().find(|p| !taken[usize::from(p.0)])
 }
 
-/// Which hotplug port each hot-added disk and NIC of a VM sits on (the engine persists it).
-/// Devices not listed are cold-plugged on `pcie.0`.
+/// Which hotplug port each hot-added (or otherwise removable) disk and NIC of a VM sits on;
+/// the engine persists it. Devices not listed are cold-plugged on `pcie.0`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HotplugPlacement {
     #[serde(default)]

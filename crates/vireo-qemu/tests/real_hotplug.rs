@@ -278,6 +278,20 @@ async fn real_disk_hotplug_resize_and_internal_snapshots() {
         matches!(&err, HotplugError::GuestDidNotRelease { .. }),
         "{err:?}"
     );
+    // A cold-plugged disk (on pcie.0) cannot be hot-removed: typed, and it stays.
+    let err = qmp
+        .hot_remove_disk(
+            "root",
+            &disk_nodes(&common::name("root")),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, HotplugError::NotHotpluggable { id, bus } if id == "root" && bus.ends_with("pcie.0")),
+        "{err:?}"
+    );
+    assert!(qmp.device_exists("root").await.unwrap());
     // Removing a device that was never there only deletes (absent) nodes: idempotent.
     qmp.hot_remove_disk(
         "never",

@@ -90,6 +90,11 @@ pub enum HotplugError {
     #[error("device {id} does not exist")]
     DeviceNotFound { id: String },
     #[error(
+        "device {id} sits on bus {bus}, which has no hotplug; only devices on a hotplug port \
+         can be removed from a running VM"
+    )]
+    NotHotpluggable { id: String, bus: String },
+    #[error(
         "the guest did not release device {id} within {timeout:?} (the guest OS must be running \
          and support PCI hotplug); the unplug request stays pending"
     )]
@@ -430,13 +435,7 @@ impl QmpClient {
             Err(QmpError::Command { desc, .. }) if desc.contains("in the process of unplug") => {
                 tracing::debug!(device = id, "device_del: unplug already pending");
             }
-            Err(source) => {
-                return Err(HotplugError::Qmp {
-                    command: "device_del",
-                    id: id.to_string(),
-                    source,
-                })
-            }
+            Err(source) => return Err(self.explain_device_del(id, source).await),
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let mut poll = tokio::time::interval(REMOVAL_POLL);
@@ -467,6 +466,30 @@ impl QmpClient {
                     return Err(HotplugError::GuestDidNotRelease { id: id.to_string(), timeout });
                 }
             }
+        }
+    }
+
+    /// Maps a rejected `device_del` to [`HotplugError::NotHotpluggable`] when the device sits
+    /// on a bus without hotplug (QOM property `parent_bus`), else to the QMP error.
+    async fn explain_device_del(&self, id: &str, source: QmpError) -> HotplugError {
+        let bus = self
+            .execute(
+                "qom-get",
+                Some(json!({"path": format!("{PERIPHERAL}/{id}"), "property": "parent_bus"})),
+            )
+            .await;
+        match bus {
+            Ok(Value::String(bus)) if !bus.starts_with(&format!("{PERIPHERAL}/")) => {
+                HotplugError::NotHotpluggable {
+                    id: id.to_string(),
+                    bus,
+                }
+            }
+            _ => HotplugError::Qmp {
+                command: "device_del",
+                id: id.to_string(),
+                source,
+            },
         }
     }
 
