@@ -130,8 +130,8 @@ fn opt_path(what: &'static str, p: &Path) -> Result<String, ArgvError> {
 /// Launch choices besides the spec and the context.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LaunchOptions {
-    /// The hotplug port of every device hot-added in an earlier run; the others are
-    /// cold-plugged on `pcie.0`.
+    /// The hotplug port of every device hot-added in an earlier run (or meant to stay
+    /// removable); the others are cold-plugged on `pcie.0`.
     pub placement: HotplugPlacement,
     /// Start with the vCPUs stopped (`-S`): QEMU stays in `prelaunch` until QMP `cont`. This is
     /// how a memory snapshot is restored into a VM that is not running: start paused,
