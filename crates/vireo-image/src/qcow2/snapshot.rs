@@ -337,14 +337,20 @@ fn find(path: &Path, snaps: &[RawSnapshot], name: &str) -> Result<usize, Snapsho
     }
 }
 
-/// Next free numeric id: one more than the largest numeric id (qemu's rule).
+/// Next free numeric id: one more than the largest numeric id (qemu's rule), or, if that
+/// overflows, the smallest number no entry uses.
 fn next_id(snaps: &[RawSnapshot]) -> Vec<u8> {
-    let max = snaps
+    let numeric: Vec<u64> = snaps
         .iter()
         .filter_map(|s| std::str::from_utf8(&s.id).ok()?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
-    (max + 1).to_string().into_bytes()
+        .collect();
+    let next = match numeric.iter().max().copied().unwrap_or(0).checked_add(1) {
+        Some(n) => n,
+        None => (1..)
+            .find(|n| !snaps.iter().any(|s| s.id == n.to_string().as_bytes()))
+            .unwrap_or(1),
+    };
+    next.to_string().into_bytes()
 }
 
 /// A new disk-only entry, with the extra data QEMU 7 writes (64-bit VM state size, disk size,
@@ -629,6 +635,11 @@ mod tests {
         b.name = b"other".to_vec();
         assert_eq!(next_id(&[a.clone(), b.clone()]), b"4");
         assert_eq!(next_id(&[]), b"1");
+        let mut top = sample();
+        top.id = u64::MAX.to_string().into_bytes();
+        let mut one = sample();
+        one.id = b"1".to_vec();
+        assert_eq!(next_id(&[top, one]), b"2");
         let p = Path::new("/x");
         assert_eq!(find(p, &[a.clone(), b.clone()], "other").unwrap(), 1);
         assert!(matches!(
