@@ -1,6 +1,7 @@
 //! Crash tests of the snapshot and resize operations: each operation is run once per write
-//! it makes, losing every write from that point on (power loss with all earlier writes
-//! durable). After every such crash the image must be usable: no structural error, no
+//! it makes, losing every write from that point on (power loss), and with the writes since
+//! the last sync kept in full, dropped in full, or every other one dropped (the disk may
+//! persist unsynced writes in any order). After every such crash the image must be usable: no structural error, no
 //! refcount below its references (only leaks and stale copied flags are allowed), the
 //! active disk and every listed snapshot hold either the old or the new content, and after
 //! `repair` any Vireo operation leaves it fully clean.
@@ -63,15 +64,15 @@ fn base(p: &Path, cluster_bits: u32) {
 }
 
 /// The image is usable after a crash: only leaks and copied-flag mismatches.
-fn assert_survivable(p: &Path, k: usize) {
+fn assert_survivable(p: &Path, at: &str) {
     let r = check(p, &lim()).unwrap();
     let copied = r
         .messages
         .iter()
         .filter(|m| m.starts_with("ERROR OFLAG_COPIED"))
         .count() as u64;
-    assert_eq!(r.check_errors, 0, "crash after {k} writes: {r:?}");
-    assert_eq!(r.corruptions, copied, "crash after {k} writes: {r:?}");
+    assert_eq!(r.check_errors, 0, "{at}: {r:?}");
+    assert_eq!(r.corruptions, copied, "{at}: {r:?}");
     assert!(r.messages.len() < 200, "messages complete");
 }
 
@@ -88,36 +89,37 @@ fn run_crashes(name: &str, cluster_bits: u32, op: Op) {
     assert_eq!(check(&work, &lim()).unwrap().exit_code(), 0, "{name}");
     let (new_active, new_snaps) = (active(&work), snapshots(&work));
     let (old_active, old_snaps) = (active(&orig), snapshots(&orig));
-    for k in 0.. {
-        std::fs::copy(&orig, &work).unwrap();
-        crash::arm(Some(k));
-        op(&work);
-        let crashed = crash::crashed();
-        crash::arm(None);
-        if !crashed {
-            assert!(k >= 2, "{name}: only {k} writes");
-            break;
+    // Which unsynced writes survive the crash: all, none, every other one.
+    let patterns: [fn(usize) -> bool; 3] = [|_| true, |_| false, |i| i % 2 == 0];
+    'points: for k in 0.. {
+        for (p, keep) in patterns.iter().enumerate() {
+            std::fs::copy(&orig, &work).unwrap();
+            crash::arm(Some(k));
+            op(&work);
+            let crashed = crash::crashed();
+            if crashed {
+                crash::undo_unsynced(&work, keep);
+            }
+            crash::arm(None);
+            if !crashed {
+                assert!(k >= 2, "{name}: only {k} writes");
+                break 'points;
+            }
+            let at = format!("{name}: crash after {k} writes, pattern {p}");
+            assert_survivable(&work, &at);
+            let a = active(&work);
+            assert!(a == old_active || a == new_active, "{at}: active content");
+            let snaps = snapshots(&work);
+            assert!(
+                snaps == old_snaps || snaps == new_snaps,
+                "{at}: snapshots {:?}",
+                snaps.keys().collect::<Vec<_>>()
+            );
+            repair(&work, &lim()).unwrap();
+            super::snapshot_create(&work, "after-crash", &lim()).unwrap();
+            let r = check(&work, &lim()).unwrap();
+            assert_eq!(r.exit_code(), 0, "{at}: after repair: {r:?}");
         }
-        assert_survivable(&work, k);
-        let a = active(&work);
-        assert!(
-            a == old_active || a == new_active,
-            "{name}: active after {k}"
-        );
-        let snaps = snapshots(&work);
-        assert!(
-            snaps == old_snaps || snaps == new_snaps,
-            "{name}: snapshots after {k}: {:?}",
-            snaps.keys().collect::<Vec<_>>()
-        );
-        repair(&work, &lim()).unwrap();
-        super::snapshot_create(&work, "after-crash", &lim()).unwrap();
-        let r = check(&work, &lim()).unwrap();
-        assert_eq!(
-            r.exit_code(),
-            0,
-            "{name}: after crash {k} and repair: {r:?}"
-        );
     }
 }
 

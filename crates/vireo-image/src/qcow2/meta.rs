@@ -108,34 +108,68 @@ fn lock_exclusive(file: &File, path: &Path) -> Result<(), ImageError> {
 }
 
 /// Fault injection for the crash tests: once armed, writes after the given number are lost,
-/// as if the machine had lost power at that point.
+/// as if the machine had lost power at that point. Writes since the last sync are recorded
+/// with the bytes they replaced, so a test can also undo any subset of them: the disk may
+/// have persisted unsynced writes in any order.
 #[cfg(test)]
 pub(crate) mod crash {
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
+    use std::os::unix::fs::FileExt;
 
     thread_local! {
         static LEFT: Cell<Option<usize>> = const { Cell::new(None) };
+        static UNSYNCED: RefCell<Vec<(u64, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
     }
 
     pub(crate) fn arm(writes: Option<usize>) {
         LEFT.with(|l| l.set(writes));
+        UNSYNCED.with(|u| u.borrow_mut().clear());
     }
 
-    /// Whether the next write is lost (and counts it).
-    pub(crate) fn lose_write() -> bool {
+    /// Whether the next write is lost; otherwise counts it and records what it overwrites.
+    pub(crate) fn lose_write(file: &std::fs::File, off: u64, len: usize) -> bool {
         LEFT.with(|l| match l.get() {
             None => false,
             Some(0) => true,
             Some(n) => {
                 l.set(Some(n - 1));
+                let mut old = vec![0u8; len];
+                let mut done = 0;
+                while done < len {
+                    match file.read_at(&mut old[done..], off + done as u64) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => done += k,
+                    }
+                }
+                // Bytes past the end of the file read back as zeros once it is extended.
+                UNSYNCED.with(|u| u.borrow_mut().push((off, old)));
                 false
             }
         })
     }
 
+    /// A sync made the recorded writes durable (unless the machine is already "dead").
+    pub(crate) fn synced() {
+        if !crashed() {
+            UNSYNCED.with(|u| u.borrow_mut().clear());
+        }
+    }
+
     /// Whether the armed budget ran out (the operation "crashed").
     pub(crate) fn crashed() -> bool {
         LEFT.with(|l| l.get() == Some(0))
+    }
+
+    /// Undoes the unsynced writes whose index `keep` rejects (latest first), as if the disk
+    /// had not persisted them.
+    pub(crate) fn undo_unsynced(path: &std::path::Path, keep: impl Fn(usize) -> bool) {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        let writes = UNSYNCED.with(|u| std::mem::take(&mut *u.borrow_mut()));
+        for (i, (off, old)) in writes.iter().enumerate().rev() {
+            if !keep(i) {
+                f.write_all_at(old, *off).unwrap();
+            }
+        }
     }
 }
 
@@ -389,7 +423,7 @@ impl MetaFile {
 
     pub(crate) fn pwrite(&self, buf: &[u8], off: u64) -> Result<(), ImageError> {
         #[cfg(test)]
-        if crash::lose_write() {
+        if crash::lose_write(&self.file, off, buf.len()) {
             return Ok(());
         }
         self.file
@@ -407,6 +441,8 @@ impl MetaFile {
     }
 
     pub(crate) fn sync(&self) -> Result<(), ImageError> {
+        #[cfg(test)]
+        crash::synced();
         super::rw::sync(&self.file, &self.path)
     }
 
