@@ -14,6 +14,7 @@ pub mod host;
 pub mod images;
 pub mod operations;
 pub mod projects;
+pub mod snapshots;
 pub mod storage;
 pub mod tokens;
 pub mod vms;

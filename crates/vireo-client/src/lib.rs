@@ -18,6 +18,7 @@
 
 mod error;
 pub mod remote;
+mod snapshots;
 mod storage;
 pub mod tls;
 mod transport;

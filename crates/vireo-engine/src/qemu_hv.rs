@@ -19,11 +19,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 use vireo_api::host::AccelInfo;
 use vireo_qemu::accel::{Accel, AccelPolicy, AccelProbe};
-use vireo_qemu::argv::LaunchContext;
-use vireo_qemu::process::QemuProcess;
 use vireo_qemu::argv::disk_ids;
+use vireo_qemu::argv::LaunchContext;
 use vireo_qemu::hotplug::HotplugPort;
-use vireo_qmp::{BlockFormat, BlockNodes, DiskHotplug, GuestAgent, QmpClient, ShutdownMode, VmSnapshot};
+use vireo_qemu::process::QemuProcess;
+use vireo_qmp::{
+    BlockFormat, BlockNodes, DiskHotplug, GuestAgent, QmpClient, ShutdownMode, VmSnapshot,
+};
 use vireo_types::{BootSource, DiskSpec, Firmware, Name};
 
 use crate::console::{Console, HISTORY_BYTES};
@@ -177,9 +179,15 @@ impl Hypervisor for QemuHypervisor {
             let _ = std::fs::remove_file(req.run_dir.join(sock));
         }
         let ctx = self.context(req, accel)?;
-        let argv = vireo_qemu::argv::build(&req.spec, &ctx).map_err(|e| HvError::Launch {
-            vm: req.name.clone(),
-            detail: crate::error::chain(&e),
+        let options = vireo_qemu::argv::LaunchOptions {
+            placement: req.placement.clone(),
+            start_paused: req.start_paused,
+        };
+        let argv = vireo_qemu::argv::build_with(&req.spec, &ctx, &options).map_err(|e| {
+            HvError::Launch {
+                vm: req.name.clone(),
+                detail: crate::error::chain(&e),
+            }
         })?;
         let paths = vireo_qemu::rundir::RunPaths::new(&req.run_dir);
         let process = vireo_qemu::process::spawn(
@@ -573,28 +581,8 @@ impl Machine for QemuMachine {
                 detail: chain(&e),
             })
     }
-    async fn hotplug_disk(&self, disk: &DiskSpec) -> Result<(), HvError> {
+    async fn hotplug_disk(&self, disk: &DiskSpec, port: HotplugPort) -> Result<(), HvError> {
         self.alive()?;
-        let mut port = None;
-        for p in HotplugPort::all() {
-            match self.qmp.port_occupant(&p.id()).await {
-                Ok(None) => {
-                    port = Some(p);
-                    break;
-                }
-                Ok(Some(_)) => continue,
-                Err(e) => {
-                    return Err(HvError::Monitor {
-                        command: "qom-list",
-                        detail: chain(&e),
-                    })
-                }
-            }
-        }
-        let port = port.ok_or_else(|| HvError::Monitor {
-            command: "device_add",
-            detail: "no free hotplug port left (stop the VM to add more disks)".into(),
-        })?;
         let ids = disk_ids(&disk.name);
         let hp = DiskHotplug {
             device_id: ids.device,
@@ -647,7 +635,10 @@ impl Machine for QemuMachine {
             })
             .collect();
         self.qmp
-            .execute("transaction", Some(serde_json::json!({ "actions": actions })))
+            .execute(
+                "transaction",
+                Some(serde_json::json!({ "actions": actions })),
+            )
             .await
             .map(|_| ())
             .map_err(Self::monitor("transaction"))

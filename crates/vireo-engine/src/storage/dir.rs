@@ -285,8 +285,14 @@ mod tests {
         assert!(p.resize(v, 2 << 20).is_err(), "volumes only grow");
         // A full copy of the snapshot has the size it had then.
         let c = Uuid::now_v7();
-        p.copy_from(c, &p.volume_path(v), Some("s1"), &mut |_, _| {}, &AtomicBool::new(false))
-            .unwrap();
+        p.copy_from(
+            c,
+            &p.volume_path(v),
+            Some("s1"),
+            &mut |_, _| {},
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         assert_eq!(p.stat(c).unwrap().virtual_size_bytes, 4 << 20);
         p.snapshot_apply(v, "s1").unwrap();
         assert_eq!(p.stat(v).unwrap().virtual_size_bytes, 4 << 20);

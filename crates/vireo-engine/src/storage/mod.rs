@@ -59,10 +59,9 @@ impl StorageError {
                 !matches!(source, vireo_image::ImageError::Io { .. })
             }
             StorageError::Unsupported(_) => true,
-            StorageError::Snapshot { source, .. } => !matches!(
-                source,
-                vireo_image::qcow2::SnapshotError::Image { .. }
-            ),
+            StorageError::Snapshot { source, .. } => {
+                !matches!(source, vireo_image::qcow2::SnapshotError::Image { .. })
+            }
             _ => false,
         }
     }
