@@ -133,6 +133,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cache_dir: tiny_cache,
         }),
     );
+    builders.insert(
+        "debian".into(),
+        Arc::new(builders::DebianBuilder {
+            cache_dir: cfg.image_cache_dir.join("debian"),
+        }),
+    );
 
     let engine = vireo_engine::Engine::open(
         vireo_engine::EngineConfig {
