@@ -17,6 +17,7 @@ mod listen;
 mod metrics;
 mod tls;
 mod tokens;
+mod ui;
 
 use config::{AccelPolicy, Overrides};
 

@@ -314,6 +314,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/openapi.json", get(misc::openapi_json))
         .route("/metrics", get(misc::metrics))
+        .merge(crate::ui::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
