@@ -99,8 +99,10 @@ impl DebianSpec {
 
 impl ValidSpec {
     /// SHA-256 over everything that decides the image except the archive's contents: the
-    /// builder revision, release, size, package list and mirror. Seeds the disk's
-    /// identifiers and names the inputs in the description (tests cache builds on it).
+    /// builder revision, release, size, package list, mirror and the generated configuration
+    /// (rendered for a placeholder identity, so a change to any template changes it). Seeds
+    /// the disk's identifiers and names the inputs in the description (tests cache builds
+    /// on it).
     pub fn fingerprint(&self) -> String {
         let mut h = sha2::Sha256::new();
         h.update(format!(
@@ -111,6 +113,22 @@ impl ValidSpec {
             h.update(p.as_bytes());
             h.update(b"\n");
         }
+        let placeholder = config::Identity {
+            root_uuid: "00000000-0000-0000-0000-000000000000".into(),
+            esp_volume_id: 0,
+        };
+        let mut rendered = config::root_files(&placeholder, &self.release, &self.mirror);
+        rendered.push((
+            "grub.cfg",
+            config::grub_cfg(&placeholder, &config::release_title(&self.release)),
+        ));
+        for (path, contents) in rendered {
+            h.update(format!("{path}\n{}\n{contents}", contents.len()));
+        }
+        for (link, target) in config::serial_getty_links() {
+            h.update(format!("{link} -> {target}\n"));
+        }
+        h.update(config::ENABLED_UNITS.join(" "));
         hex::encode(h.finalize())
     }
 
