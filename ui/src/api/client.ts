@@ -76,13 +76,15 @@ export async function call<T>(p: Promise<Result<T>>): Promise<T> {
 }
 
 /** Waits for an operation to finish (long-polling the wait endpoint); throws if it failed. */
-export async function waitOperation(op: Operation, timeoutS = 600): Promise<Operation> {
+export async function waitOperation(op: Operation, timeoutS = 600, onUpdate?: (op: Operation) => void): Promise<Operation> {
   const deadline = Date.now() + timeoutS * 1000;
   let cur = op;
   while (cur.status === "running" && Date.now() < deadline) {
+    // Short waits so progress shows while the operation runs.
     cur = await call(
-      api.GET("/v1/operations/{id}/wait", { params: { path: { id: cur.id }, query: { timeout: 10 } } }),
+      api.GET("/v1/operations/{id}/wait", { params: { path: { id: cur.id }, query: { timeout: 1 } } }),
     );
+    onUpdate?.(cur);
   }
   if (cur.status === "failed" || cur.status === "cancelled") {
     throw new ApiFailure(0, "conflict", cur.error ?? `operation ${cur.kind} ${cur.status}`, null);

@@ -1,7 +1,5 @@
 // Serial console: xterm.js over the console websocket (binary frames both ways; the server
 // replays recent output on connect).
-import { Terminal } from "@xterm/xterm";
-import "@xterm/xterm/css/xterm.css";
 import { useEffect, useRef, useState } from "preact/hooks";
 import { openSocket } from "../api/client";
 
@@ -15,8 +13,21 @@ export function Console({ name, running }: { name: string; running: boolean }) {
       setStatus("the VM is not running");
       return;
     }
-    const term = new Terminal({ convertEol: false, cursorBlink: true, fontSize: 14, rows: 24, cols: 100, screenReaderMode: false });
-    term.open(host.current);
+    const el = host.current;
+    let closed = false;
+    let cleanup = () => {};
+    void import("./terminal").then(({ Terminal }) => {
+      if (closed) return;
+      cleanup = attach(new Terminal({ cursorBlink: true, fontSize: 14, rows: 24, cols: 100 }), el);
+    });
+    return () => {
+      closed = true;
+      cleanup();
+    };
+  }, [name, running, session]);
+
+  function attach(term: import("@xterm/xterm").Terminal, el: HTMLElement): () => void {
+    term.open(el);
     const ws = openSocket(`/v1/vms/${encodeURIComponent(name)}/console?history=65536`);
     const enc = new TextEncoder();
     ws.onopen = () => {
@@ -34,10 +45,11 @@ export function Console({ name, running }: { name: string; running: boolean }) {
     });
     return () => {
       input.dispose();
+      ws.onclose = null;
       ws.close();
       term.dispose();
     };
-  }, [name, running, session]);
+  }
 
   return (
     <div class="console">

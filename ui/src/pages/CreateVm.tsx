@@ -13,6 +13,9 @@ type Form = {
   disk_mib: string;
   networks: string;
   kernel_args: string;
+  hostname: string;
+  ssh_keys: string;
+  user_data: string;
   start: boolean;
 };
 
@@ -37,6 +40,9 @@ export function CreateVm() {
     disk_mib: "",
     networks: "user",
     kernel_args: "",
+    hostname: "",
+    ssh_keys: "",
+    user_data: "",
     start: true,
   });
   const [error, setError] = useState<unknown>(null);
@@ -50,6 +56,14 @@ export function CreateVm() {
   async function submit(e: Event) {
     e.preventDefault();
     setError(null);
+    const keys = f.ssh_keys
+      .split("\n")
+      .map((k) => k.trim())
+      .filter(Boolean);
+    const cloudInit =
+      f.hostname.trim() || keys.length || f.user_data.trim()
+        ? { hostname: f.hostname.trim() || null, ssh_authorized_keys: keys, user_data: f.user_data.trim() ? f.user_data : null }
+        : null;
     const body: Schemas["CreateVmRequest"] = {
       name: f.name.trim(),
       vcpus: num(f.vcpus),
@@ -61,6 +75,7 @@ export function CreateVm() {
         .filter(Boolean),
       kernel_args: f.kernel_args.trim() || null,
       start: f.start,
+      cloud_init: cloudInit,
       ...(f.source === "image" ? { image: image || null } : { template: template || null }),
     };
     for (const k of ["vcpus", "memory_mib", "disk_mib"] as const) {
@@ -73,7 +88,7 @@ export function CreateVm() {
     try {
       const started = await call(api.POST("/v1/vms", { body }));
       setOp(started);
-      await waitOperation(started);
+      await waitOperation(started, 600, setOp);
       navigate(`/vms/${encodeURIComponent(body.name)}`);
     } catch (err) {
       setError(err);
@@ -90,7 +105,7 @@ export function CreateVm() {
     ) : null;
   const invalid = (field: string) =>
     error instanceof ApiFailure && error.field === field ? { "aria-invalid": true, "aria-describedby": `err-${field}` } : {};
-  const general = error && !(error instanceof ApiFailure && error.field && ["name", "image", "template", "vcpus", "memory_mib", "disk_mib", "networks", "kernel_args"].includes(error.field));
+  const general = error && !(error instanceof ApiFailure && error.field && ["name", "image", "template", "vcpus", "memory_mib", "disk_mib", "networks", "kernel_args", "cloud_init", "cloud_init.hostname", "cloud_init.ssh_authorized_keys", "cloud_init.user_data"].includes(error.field));
 
   return (
     <section aria-labelledby="create-title">
@@ -154,7 +169,22 @@ export function CreateVm() {
           <label for="vm-kargs">Extra kernel arguments (kernel images)</label>
           <input id="vm-kargs" name="kernel_args" value={f.kernel_args} onInput={(e) => set("kernel_args", (e.target as HTMLInputElement).value)} {...invalid("kernel_args")} />
           {fieldErr("kernel_args")}
-          <p class="muted small">Cloud-init (hostname, SSH key, user-data) is not offered: the API's create request has no such fields yet.</p>
+        </fieldset>
+        <fieldset>
+          <legend>Cloud-init (optional; a NoCloud seed the guest reads on first boot)</legend>
+          <label for="vm-hostname">Host name (default: the VM's name)</label>
+          <input id="vm-hostname" name="hostname" value={f.hostname} onInput={(e) => set("hostname", (e.target as HTMLInputElement).value)} {...invalid("cloud_init.hostname")} />
+          {fieldErr("cloud_init.hostname")}
+          <label for="vm-ssh">SSH authorized keys (one per line)</label>
+          <textarea id="vm-ssh" name="ssh_keys" rows={2} value={f.ssh_keys} onInput={(e) => set("ssh_keys", (e.target as HTMLTextAreaElement).value)} {...invalid("cloud_init.ssh_authorized_keys")} />
+          {fieldErr("cloud_init.ssh_authorized_keys")}
+          <label for="vm-userdata">User-data (#cloud-config YAML or a script)</label>
+          <textarea id="vm-userdata" name="user_data" rows={5} class="mono" value={f.user_data} onInput={(e) => set("user_data", (e.target as HTMLTextAreaElement).value)} {...invalid("cloud_init.user_data")} />
+          {fieldErr("cloud_init.user_data")}
+          {fieldErr("cloud_init")}
+        </fieldset>
+        <fieldset>
+          <legend>After create</legend>
           <label class="check">
             <input type="checkbox" name="start" checked={f.start} onChange={(e) => set("start", (e.target as HTMLInputElement).checked)} /> Start after create
           </label>
