@@ -38,7 +38,7 @@ use sha2::Digest;
 use thiserror::Error;
 
 /// Changes whenever the builder's output for the same options changes (tests cache on it).
-pub const BUILDER_REVISION: u32 = 1;
+pub const BUILDER_REVISION: u32 = 2;
 /// Default virtual size of the disk: 4 GiB.
 pub const DEFAULT_SIZE_BYTES: u64 = 4 << 30;
 /// Where Debian installs GRUB's platform directories.
@@ -564,9 +564,12 @@ fn installed_packages(root: &Path) -> Result<Vec<InstalledPackage>, DistroError>
 /// Per-machine state and caches out of the image.
 fn clean(root: &Path) -> Result<(), DistroError> {
     in_root(root, &["apt-get", "clean"])?;
-    for dir in ["var/lib/apt/lists", "var/log", "tmp", "var/tmp"] {
+    for dir in ["var/lib/apt/lists", "tmp", "var/tmp"] {
         empty_dir(&root.join(dir))?;
     }
+    // Log files go, their directories stay: packages made them with the owners and modes
+    // their daemons need, and journald keeps logs persistent only if /var/log/journal exists.
+    remove_files_below(&root.join("var/log"))?;
     std::fs::create_dir_all(root.join("var/lib/apt/lists/partial")).map_err(io_err(root))?;
     for dir in ["etc/ssh", "var/cache/apt"] {
         let dir = root.join(dir);
@@ -603,6 +606,26 @@ fn remove_dir_if_present(path: &Path) -> Result<(), DistroError> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
         _ => Ok(()),
     }
+}
+
+/// Removes every non-directory below `dir`, keeping the directory tree.
+fn remove_files_below(dir: &Path) -> Result<(), DistroError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        // file_type does not follow symlinks: a link to a directory is removed, not entered.
+        if entry.file_type().map_err(io_err(&path))?.is_dir() {
+            remove_files_below(&path)?;
+        } else {
+            remove_if_present(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes everything inside `dir` but keeps `dir` (with its mode and owner).
@@ -824,6 +847,25 @@ mod tests {
         for text in ["", "\\", "a b c d \\0", "1 2 3 4 \\777\\", "x\n\n\n"] {
             let _ = mounts_below(text, Path::new("/"));
         }
+    }
+
+    #[test]
+    fn log_clean_up_keeps_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("var/log");
+        std::fs::create_dir_all(log.join("journal")).unwrap();
+        std::fs::create_dir_all(log.join("apt")).unwrap();
+        std::fs::write(log.join("apt/history.log"), b"x").unwrap();
+        std::fs::write(log.join("dpkg.log"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", log.join("link")).unwrap();
+        remove_files_below(&log).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["apt", "journal"]);
+        assert_eq!(std::fs::read_dir(log.join("apt")).unwrap().count(), 0);
     }
 
     #[test]
