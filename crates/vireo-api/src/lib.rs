@@ -11,6 +11,7 @@
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod networks;
 pub mod images;
 pub mod operations;
 pub mod projects;

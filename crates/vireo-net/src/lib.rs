@@ -15,4 +15,4 @@ pub mod supervise;
 pub mod tap;
 
 pub use addr::{AddrError, HostName, IfName, Ipv4Cidr, MacAddr, Mtu, VlanId};
-pub use host::{FakeHost, HostError, HostNet, IpHost};
+pub use host::{FakeHost, HostError, HostNet, IpHost, RouteInfo};

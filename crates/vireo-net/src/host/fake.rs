@@ -15,6 +15,10 @@ pub struct FakeState {
     pub nft: Option<String>,
     pub forwarding: bool,
     pub dnsmasq: BTreeMap<String, PathBuf>,
+    /// Routes `list_routes` reports (tests set them).
+    pub routes: Vec<RouteInfo>,
+    /// What `probe_bridge_vlan_filtering` answers.
+    pub vlan_filtering: bool,
     /// Every successful mutating call, in order (e.g. `create_bridge vb-a`).
     pub calls: Vec<String>,
 }
@@ -22,6 +26,11 @@ pub struct FakeState {
 impl FakeHost {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lets a test shape the fake (routes, probe answers, pre-existing links).
+    pub fn edit(&self, f: impl FnOnce(&mut FakeState)) {
+        f(&mut self.lock())
     }
 
     pub fn state(&self) -> FakeState {
@@ -186,5 +195,13 @@ impl HostNet for FakeHost {
             pid: Some(1),
             restarts: 0,
         })
+    }
+
+    fn list_routes(&self) -> Result<Vec<RouteInfo>, HostError> {
+        Ok(self.lock().routes.clone())
+    }
+
+    fn probe_bridge_vlan_filtering(&self) -> Result<bool, HostError> {
+        Ok(self.lock().vlan_filtering)
     }
 }

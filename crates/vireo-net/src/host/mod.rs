@@ -99,6 +99,47 @@ pub trait HostNet: Send + Sync {
     /// Stops dnsmasq for `network`; no-op if not running.
     fn stop_dnsmasq(&self, network: &str);
     fn dnsmasq_status(&self, network: &str) -> Option<ChildStatus>;
+    /// The IPv4 routes of every table (`None` destination prefix 0 = a default route).
+    fn list_routes(&self) -> Result<Vec<RouteInfo>, HostError>;
+    /// Whether a Linux bridge accepts `vlan_filtering 1`: creates and deletes the throwaway
+    /// bridge `vb-vlanprobe`.
+    fn probe_bridge_vlan_filtering(&self) -> Result<bool, HostError>;
+}
+
+/// An IPv4 route as listed by the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// Destination; `0.0.0.0/0` for default routes.
+    pub dst: Ipv4Cidr,
+    /// Output interface, when the route names one.
+    pub dev: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IpRoute {
+    dst: String,
+    #[serde(default)]
+    dev: Option<String>,
+}
+
+/// Parses `ip -j -4 route show table all` output (pure). Entries whose destination is not an
+/// IPv4 network (`broadcast`/`local` host routes parse as /32) are kept; unparsable ones are
+/// skipped.
+pub fn parse_ip_routes(json: &str) -> Result<Vec<RouteInfo>, serde_json::Error> {
+    let routes: Vec<IpRoute> = serde_json::from_str(json)?;
+    Ok(routes
+        .into_iter()
+        .filter_map(|r| {
+            let dst = if r.dst == "default" {
+                Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).ok()?
+            } else if let Some((a, p)) = r.dst.split_once('/') {
+                Ipv4Cidr::containing(a.parse().ok()?, p.parse().ok()?).ok()?
+            } else {
+                Ipv4Cidr::new(r.dst.parse().ok()?, 32).ok()?
+            };
+            Some(RouteInfo { dst, dev: r.dev })
+        })
+        .collect())
 }
 
 /// Any link name we pass to `ip`: 1..=15 bytes of `[A-Za-z0-9._-]`, not starting with '-'.
@@ -383,6 +424,37 @@ impl HostNet for IpHost {
     fn dnsmasq_status(&self, network: &str) -> Option<ChildStatus> {
         self.supervisors().get(network).map(Supervisor::status)
     }
+
+    fn list_routes(&self) -> Result<Vec<RouteInfo>, HostError> {
+        let json = self.ip(&["-j", "-4", "route", "show", "table", "all"])?;
+        parse_ip_routes(&json).map_err(HostError::LinkJson)
+    }
+
+    fn probe_bridge_vlan_filtering(&self) -> Result<bool, HostError> {
+        const PROBE: &str = "vb-vlanprobe";
+        let res = self.ip(&[
+            "link",
+            "add",
+            "name",
+            PROBE,
+            "type",
+            "bridge",
+            "vlan_filtering",
+            "1",
+        ]);
+        match res {
+            Ok(_) => {
+                self.ip(&["link", "del", "dev", PROBE])?;
+                Ok(true)
+            }
+            // The kernel refuses the attribute (no CONFIG_BRIDGE_VLAN_FILTERING).
+            Err(HostError::Command { .. }) => {
+                let _ = self.ip(&["link", "del", "dev", PROBE]);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// A bridge Vireo wants to exist.
@@ -547,6 +619,21 @@ mod tests {
                 .count(),
             3
         );
+    }
+
+    #[test]
+    fn parses_ip_route_json() {
+        let json = r#"[{"dst":"default","gateway":"192.0.2.1","dev":"eth0"},
+            {"dst":"10.1.2.0/24","dev":"vb-x","prefsrc":"10.1.2.1"},
+            {"type":"local","dst":"127.0.0.1","table":"local","dev":"lo"},
+            {"dst":"fe80::/64"}]"#;
+        let routes = parse_ip_routes(json).unwrap();
+        assert_eq!(routes.len(), 3);
+        assert_eq!(routes[0].dst.prefix(), 0);
+        assert_eq!(routes[0].dev.as_deref(), Some("eth0"));
+        assert_eq!(routes[1].dst, "10.1.2.0/24".parse().unwrap());
+        assert_eq!(routes[2].dst, "127.0.0.1/32".parse().unwrap());
+        assert!(parse_ip_routes("[").is_err());
     }
 
     #[test]
