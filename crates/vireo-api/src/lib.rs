@@ -11,8 +11,8 @@
 pub mod error;
 pub mod events;
 pub mod host;
-pub mod networks;
 pub mod images;
+pub mod networks;
 pub mod operations;
 pub mod projects;
 pub mod tokens;

@@ -167,9 +167,6 @@ pub struct CreateNetworkRequest {
     /// bridged: the host interface Vireo enslaves to its bridge. ovs: optional trunk port.
     #[serde(default)]
     pub uplink: Option<String>,
-    /// bridged: an existing host bridge VMs join (instead of `uplink`).
-    #[serde(default)]
-    pub bridge: Option<String>,
     #[serde(default)]
     pub mtu: Option<u32>,
     /// DNS domain of VM names; default `vireo`.

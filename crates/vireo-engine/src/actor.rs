@@ -64,6 +64,12 @@ enum Msg {
         if_match: Option<u64>,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// A record change that is valid in any state (NIC hotplug keeps the spec in step with
+    /// the running QEMU).
+    UpdateLive {
+        f: RecordEdit,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// Cheap handle to a VM actor.
@@ -116,6 +122,23 @@ impl VmHandle {
             .send(Msg::Update {
                 f: Box::new(f),
                 if_match,
+                reply,
+            })
+            .await
+            .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?
+    }
+
+    /// Changes the record in any state (for changes already made to the running QEMU).
+    pub async fn update_live(
+        &self,
+        f: impl FnOnce(&mut VmRecord) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::UpdateLive {
+                f: Box::new(f),
                 reply,
             })
             .await
@@ -246,6 +269,14 @@ impl Actor {
             }
             Msg::Update { f, if_match, reply } => {
                 let res = self.update(f, if_match).await;
+                let _ = reply.send(res);
+            }
+            Msg::UpdateLive { f, reply } => {
+                let mut record = self.record();
+                let res = match f(&mut record) {
+                    Ok(()) => self.persist(record).await,
+                    Err(e) => Err(e),
+                };
                 let _ = reply.send(res);
             }
         }

@@ -142,6 +142,10 @@ pub struct FakeMachine {
     booted_at: Mutex<tokio::time::Instant>,
     behaviour: FakeBehaviour,
     console: Console,
+    /// Monitor commands received, in order (`command` or `command <arguments JSON>`).
+    monitor_log: Mutex<Vec<String>>,
+    /// Emulated PCIe hotplug ports `hp0`..: the device id plugged into each.
+    hotplug_ports: Mutex<Vec<Option<String>>>,
 }
 
 impl FakeMachine {
@@ -157,6 +161,8 @@ impl FakeMachine {
             booted_at: Mutex::new(tokio::time::Instant::now()),
             behaviour,
             console: console.clone(),
+            monitor_log: Mutex::new(vec![]),
+            hotplug_ports: Mutex::new(vec![None; FAKE_HOTPLUG_PORTS]),
         });
         // The guest "prints" its boot banner and echoes what is typed.
         console.push_output(b"fake guest booting\r\nVIREO-GUEST-READY\r\n");
@@ -332,9 +338,94 @@ impl Machine for FakeMachine {
     fn console(&self) -> Console {
         self.console.clone()
     }
+    async fn monitor(
+        &self,
+        command: &'static str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, HvError> {
+        self.alive()?;
+        self.monitor_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(match &arguments {
+                Some(a) => format!("{command} {a}"),
+                None => command.to_string(),
+            });
+        let arg = |k: &str| {
+            arguments
+                .as_ref()
+                .and_then(|a| a[k].as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let fail = |detail: String| HvError::Monitor { command, detail };
+        let mut ports = self.hotplug_ports.lock().unwrap_or_else(|p| p.into_inner());
+        match command {
+            "query-pci" => {
+                let devices: Vec<serde_json::Value> = ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, occ)| {
+                        let inner: Vec<serde_json::Value> = occ
+                            .iter()
+                            .map(|id| serde_json::json!({"qdev_id": id}))
+                            .collect();
+                        serde_json::json!({"qdev_id": format!("hp{i}"), "pci_bridge": {"devices": inner}})
+                    })
+                    .collect();
+                Ok(serde_json::json!([{"bus": 0, "devices": devices}]))
+            }
+            "device_add" => {
+                let bus = arg("bus");
+                let slot = bus
+                    .strip_prefix("hp")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|i| *i < ports.len())
+                    .ok_or_else(|| fail(format!("Bus '{bus}' not found")))?;
+                if ports[slot].is_some() {
+                    return Err(fail(format!("Bus '{bus}' is full")));
+                }
+                ports[slot] = Some(arg("id"));
+                Ok(serde_json::json!({}))
+            }
+            "device_del" => {
+                let id = arg("id");
+                let slot = ports
+                    .iter()
+                    .position(|o| o.as_deref() == Some(id.as_str()))
+                    .ok_or_else(|| fail(format!("Device '{id}' not found")))?;
+                ports[slot] = None;
+                Ok(serde_json::json!({}))
+            }
+            "netdev_add" | "netdev_del" | "set_link" => Ok(serde_json::json!({})),
+            other => Err(fail(format!("The fake machine does not know {other}"))),
+        }
+    }
 }
 
+/// Hotplug ports a fake machine offers.
+pub const FAKE_HOTPLUG_PORTS: usize = 2;
+
 impl FakeMachine {
+    /// Monitor commands received so far.
+    pub fn monitor_log(&self) -> Vec<String> {
+        self.monitor_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Device ids plugged into the hotplug ports.
+    pub fn hotplugged(&self) -> Vec<String> {
+        self.hotplug_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     /// Used by tests to request a guest-initiated poweroff.
     pub fn guest_poweroff(self: &Arc<Self>) {
         self.shutdown_soon();

@@ -124,4 +124,10 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
     ) -> Result<ExecOutput, HvError>;
     /// The serial console (output history, live output, input).
     fn console(&self) -> Console;
+    /// A raw QMP command (NIC hotplug: `netdev_add`, `device_add`, `set_link`, `query-pci`…).
+    async fn monitor(
+        &self,
+        command: &'static str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, HvError>;
 }

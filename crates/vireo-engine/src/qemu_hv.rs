@@ -545,4 +545,15 @@ impl Machine for QemuMachine {
     fn console(&self) -> Console {
         self.console.clone()
     }
+    async fn monitor(
+        &self,
+        command: &'static str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, HvError> {
+        self.alive()?;
+        self.qmp
+            .execute(command, arguments)
+            .await
+            .map_err(Self::monitor(command))
+    }
 }

@@ -10,6 +10,7 @@ pub mod addr;
 pub mod dnsmasq;
 pub mod host;
 pub mod nft;
+pub mod ovs;
 pub mod subnet;
 pub mod supervise;
 pub mod tap;

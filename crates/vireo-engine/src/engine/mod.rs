@@ -4,6 +4,7 @@
 mod export;
 mod images;
 mod import;
+mod networks;
 mod projects;
 mod vms;
 
@@ -79,6 +80,8 @@ struct Inner {
     /// Names of VMs whose create operation is running (reserved, not yet in `vms`).
     creating: Mutex<std::collections::HashSet<(String, String)>>,
     started: std::time::Instant,
+    /// Managed networks, when the daemon enables them ([`Engine::attach_networks`]).
+    net: std::sync::OnceLock<Arc<crate::net::NetManager>>,
 }
 
 /// Holds a VM name while its create operation runs; released on drop.
@@ -142,6 +145,7 @@ impl Engine {
                 vms: Mutex::new(HashMap::new()),
                 creating: Mutex::new(std::collections::HashSet::new()),
                 started: std::time::Instant::now(),
+                net: std::sync::OnceLock::new(),
             }),
         };
         if engine

@@ -392,6 +392,10 @@ impl HostNet for IpHost {
         // Restart semantics: the old instance (if any) is stopped before the new one binds.
         if let Some(mut old) = self.supervisors().remove(network) {
             old.stop();
+        } else {
+            // A daemon that was killed leaves its dnsmasq running (VMs keep DHCP and DNS
+            // meanwhile); it holds the bridge's ports, so it goes before ours starts.
+            kill_stale_dnsmasq(conf_file);
         }
         let netns = self.netns.clone();
         let conf = conf_file.to_path_buf();
@@ -457,6 +461,45 @@ impl HostNet for IpHost {
     }
 }
 
+/// Terminates processes whose command line is exactly `dnsmasq --conf-file=<conf_file> …`
+/// (only Vireo starts dnsmasq with its own config path) and waits up to 2 s for them to go.
+fn kill_stale_dnsmasq(conf_file: &Path) {
+    let needle = format!("--conf-file={}", conf_file.display());
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let mut pids = vec![];
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        let prog = args.next().unwrap_or_default();
+        let is_dnsmasq = prog.ends_with(b"dnsmasq");
+        if is_dnsmasq && args.any(|a| a == needle.as_bytes()) {
+            tracing::info!(pid, conf = %conf_file.display(), "stopping dnsmasq left by a previous daemon");
+            // SAFETY: plain signal to a process identified by its command line.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            pids.push(pid);
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline
+        && pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A bridge Vireo wants to exist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredBridge {
@@ -499,6 +542,17 @@ pub fn reconcile_links(
     bridges: &[DesiredBridge],
     taps: &[DesiredTap],
 ) -> Result<ReconcileReport, HostError> {
+    reconcile_links_keeping(host, bridges, taps, &[])
+}
+
+/// [`reconcile_links`] that also leaves the Vireo-named links in `keep` alone (objects another
+/// back-end manages, such as Open vSwitch bridges and their ports).
+pub fn reconcile_links_keeping(
+    host: &dyn HostNet,
+    bridges: &[DesiredBridge],
+    taps: &[DesiredTap],
+    keep: &[&str],
+) -> Result<ReconcileReport, HostError> {
     let existing: BTreeSet<String> = owned_links(host)?.into_iter().map(|l| l.name).collect();
     let desired: BTreeSet<&str> = bridges
         .iter()
@@ -509,7 +563,7 @@ pub fn reconcile_links(
     // Taps first, so removing a bridge never races with its ports.
     let mut stale: Vec<&String> = existing
         .iter()
-        .filter(|n| !desired.contains(n.as_str()))
+        .filter(|n| !desired.contains(n.as_str()) && !keep.contains(&n.as_str()))
         .collect();
     stale.sort_by_key(|n| !n.starts_with(TAP_PREFIX));
     for name in stale {
