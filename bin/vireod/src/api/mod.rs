@@ -18,6 +18,7 @@ use vireo_api::{ErrorBody, ErrorCode};
 use vireo_engine::{Engine, EngineError};
 
 pub mod misc;
+pub mod networks;
 pub mod vms;
 pub mod ws;
 
@@ -155,9 +156,12 @@ pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
         misc::list_images, misc::get_image, misc::build_image, misc::delete_image,
         misc::host, misc::list_projects, misc::create_project, misc::delete_project,
         misc::list_tokens, misc::create_token, misc::revoke_token, misc::openapi_json, misc::metrics,
+        networks::list_networks, networks::create_network, networks::get_network,
+        networks::update_network, networks::delete_network, networks::network_leases,
+        networks::list_nics, networks::add_nic, networks::update_nic, networks::remove_nic,
     ),
     components(schemas(ErrorBody, vireo_api::events::Event)),
-    tags((name = "vms"), (name = "operations"), (name = "images"), (name = "host"), (name = "projects"), (name = "tokens"))
+    tags((name = "vms"), (name = "operations"), (name = "images"), (name = "host"), (name = "projects"), (name = "tokens"), (name = "networks"))
 )]
 pub struct ApiDoc;
 
@@ -221,6 +225,25 @@ pub fn router(state: AppState) -> Router {
             "/v1/tokens/{name}",
             axum::routing::delete(misc::revoke_token),
         )
+        .route(
+            "/v1/networks",
+            get(networks::list_networks).post(networks::create_network),
+        )
+        .route(
+            "/v1/networks/{name}",
+            get(networks::get_network)
+                .patch(networks::update_network)
+                .delete(networks::delete_network),
+        )
+        .route("/v1/networks/{name}/leases", get(networks::network_leases))
+        .route(
+            "/v1/vms/{name}/nics",
+            get(networks::list_nics).post(networks::add_nic),
+        )
+        .route(
+            "/v1/vms/{name}/nics/{nic}",
+            axum::routing::patch(networks::update_nic).delete(networks::remove_nic),
+        )
         .route("/v1/openapi.json", get(misc::openapi_json))
         .route("/metrics", get(misc::metrics))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
@@ -261,6 +284,9 @@ mod tests {
             "/v1/operations/{id}/wait",
             "/v1/events",
             "/v1/host",
+            "/v1/networks",
+            "/v1/networks/{name}/leases",
+            "/v1/vms/{name}/nics/{nic}",
             "/metrics",
         ] {
             assert!(
