@@ -54,7 +54,7 @@ pub fn render<T: Serialize + Tabular + ?Sized>(
 }
 
 /// A borderless table with a header row, columns separated by spaces, no trailing blanks.
-fn list_table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+pub(crate) fn list_table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
     let mut table = Table::new();
     table
         .load_preset(presets::NOTHING)
@@ -70,7 +70,7 @@ fn list_table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> 
 }
 
 /// Two columns, `FIELD  value`, for one object.
-fn field_table(rows: Vec<(&str, String)>) -> String {
+pub(crate) fn field_table(rows: Vec<(&str, String)>) -> String {
     let mut table = Table::new();
     table
         .load_preset(presets::NOTHING)
@@ -92,11 +92,11 @@ fn tidy(s: &str) -> String {
     out
 }
 
-fn or_dash(s: Option<impl ToString>) -> String {
+pub(crate) fn or_dash(s: Option<impl ToString>) -> String {
     s.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
 }
 
-fn yes_no(b: bool) -> String {
+pub(crate) fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_string()
 }
 
@@ -104,7 +104,7 @@ fn mib(m: u64) -> String {
     format_size(m.saturating_mul(1 << 20))
 }
 
-fn timestamp(t: &chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn timestamp(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
