@@ -1,5 +1,6 @@
-//! `vireo image info|convert|create|check|compare|map`: local disk-image tools that run the
-//! native image engine in-process (no daemon, no QEMU).
+//! `vireo image info|convert|create|check|compare|map|snapshot|resize`: local disk-image
+//! tools that run the native image engine in-process (no daemon, no QEMU). `snapshot` and
+//! `resize` edit closed images only (a running QEMU's image lock makes them refuse).
 //!
 //! Exit codes follow `qemu-img`: `check` 0/1/2/3/63, `compare` 0 identical / 1 different /
 //! 2 error; the others 0 on success. Errors of `compare` and `check` are printed here (they
@@ -11,7 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use vireo_image::ops::{self, CheckOutcome, CompareOutcome, ConvertOptions, CreateSpec, ImageInfo};
-use vireo_image::qcow2::{CompressionType, CreateOptions, Preallocation};
+use vireo_image::qcow2::{
+    snapshot_apply, snapshot_create, snapshot_delete, snapshot_list, CompressionType,
+    CreateOptions, Preallocation, SnapshotEntry,
+};
 use vireo_image::vmdk::VmdkSubformat;
 use vireo_image::{Format, Limits, PathPolicy};
 
@@ -97,6 +101,9 @@ pub enum ImageLocalCmd {
         /// Output data path: "none" bypasses the page cache (direct I/O), "writeback" uses it.
         #[arg(short = 't', long, value_enum, default_value_t)]
         cache: CacheArg,
+        /// Convert this internal snapshot of a qcow2 source instead of its current content.
+        #[arg(short = 'l', long = "snapshot")]
+        snapshot: Option<String>,
         #[command(flatten)]
         qcow2: FormatArgs,
     },
@@ -134,6 +141,30 @@ pub enum ImageLocalCmd {
         #[arg(long, value_enum, default_value_t)]
         output: LocalOutput,
     },
+    /// Internal snapshots of a closed qcow2 image.
+    Snapshot {
+        file: PathBuf,
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+    /// Grow a closed image (qcow2 or raw) to SIZE (e.g. 20GiB); shrinking is refused.
+    Resize { file: PathBuf, size: String },
+}
+
+/// `vireo image snapshot FILE …` actions.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum SnapshotAction {
+    /// Take a disk-only snapshot of the current content.
+    Create { name: String },
+    /// List the snapshots.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        output: LocalOutput,
+    },
+    /// Revert the image to a snapshot (the snapshot is kept).
+    Apply { name: String },
+    /// Delete a snapshot and free the space only it uses.
+    Delete { name: String },
 }
 
 /// Set by the SIGINT handler while a long command runs.
@@ -232,10 +263,12 @@ pub fn run(cmd: ImageLocalCmd) -> anyhow::Result<i32> {
             quiet,
             sync,
             cache,
+            snapshot,
             qcow2,
         } => {
             let format = parse_format(&out_format)?;
             let mut opts = ConvertOptions::new(format);
+            opts.source_snapshot = snapshot;
             opts.compress = compress;
             opts.threads = threads;
             opts.sync = sync;
@@ -353,7 +386,61 @@ pub fn run(cmd: ImageLocalCmd) -> anyhow::Result<i32> {
             print_map(&file, output, &limits, &policy)?;
             Ok(0)
         }
+        ImageLocalCmd::Snapshot { file, action } => {
+            let what =
+                |verb: &str, name: &str| format!("{verb} snapshot {name:?} of {}", file.display());
+            match action {
+                SnapshotAction::Create { name } => {
+                    snapshot_create(&file, &name, &limits)
+                        .with_context(|| what("creating", &name))?;
+                }
+                SnapshotAction::Apply { name } => {
+                    snapshot_apply(&file, &name, &limits)
+                        .with_context(|| what("applying", &name))?;
+                }
+                SnapshotAction::Delete { name } => {
+                    snapshot_delete(&file, &name, &limits)
+                        .with_context(|| what("deleting", &name))?;
+                }
+                SnapshotAction::List { output } => {
+                    let list = snapshot_list(&file, &limits)
+                        .with_context(|| format!("listing snapshots of {}", file.display()))?;
+                    match output {
+                        LocalOutput::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                        LocalOutput::Table => print!("{}", render_snapshots(&list)),
+                    }
+                }
+            }
+            Ok(0)
+        }
+        ImageLocalCmd::Resize { file, size } => {
+            let size = vireo_types::size::parse_size(&size)?;
+            ops::resize(&file, size, &limits, &policy)
+                .with_context(|| format!("resizing {}", file.display()))?;
+            Ok(0)
+        }
     }
+}
+
+/// Text rendering of `snapshot list` (the columns of `qemu-img snapshot -l`, plus the disk
+/// size each snapshot restores).
+pub fn render_snapshots(list: &[SnapshotEntry]) -> String {
+    let mut out = String::from(
+        "ID        TAG               VM SIZE     DISK SIZE         DATE     VM CLOCK\n",
+    );
+    for s in list {
+        out.push_str(&format!(
+            "{:<9} {:<17} {:>7} {:>13} {:>12} {:>8}.{:03}\n",
+            s.id,
+            s.name,
+            vireo_types::size::format_size(s.vm_state_size),
+            vireo_types::size::format_size(s.disk_size),
+            s.date_sec,
+            s.vm_clock_nsec / 1_000_000_000,
+            s.vm_clock_nsec % 1_000_000_000 / 1_000_000
+        ));
+    }
+    out
 }
 
 /// "a: b: c" from an error and its sources.
@@ -551,6 +638,25 @@ mod tests {
             image_end_offset: Some(327680),
             ..CheckReport::default()
         })
+    }
+
+    #[test]
+    fn snapshot_rendering() {
+        let list = [SnapshotEntry {
+            id: "1".into(),
+            name: "before-upgrade".into(),
+            date_sec: 1_790_000_000,
+            date_nsec: 5,
+            vm_clock_nsec: 61_250_000_000,
+            vm_state_size: 0,
+            disk_size: 10 << 30,
+            icount: None,
+        }];
+        assert_eq!(
+            render_snapshots(&list),
+            "ID        TAG               VM SIZE     DISK SIZE         DATE     VM CLOCK\n\
+             1         before-upgrade         0B         10GiB   1790000000       61.250\n"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod image_local;
 mod network;
 mod output;
 mod progress;
+mod storage;
 mod vm;
 
 use std::io::Write;
@@ -174,6 +175,9 @@ enum Command {
     /// Managed networks (nat, bridged, isolated, ovs).
     #[command(subcommand, alias = "net")]
     Network(network::NetworkCmd),
+    /// Storage pools and volumes.
+    #[command(subcommand)]
+    Storage(storage::StorageCmd),
 }
 
 /// Writes a rendered result to stdout.
@@ -218,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Project(cmd) => admin::project(global, cmd).await,
         Command::Events(args) => admin::events(global, args).await,
         Command::Network(cmd) => network::run(global, cmd).await,
+        Command::Storage(cmd) => storage::run(global, cmd).await,
     }
 }
 

@@ -422,11 +422,11 @@ impl Tabular for ExecResult {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Compares with `tests/golden/NAME`, or rewrites it when `VIREO_UPDATE_GOLDEN=1`.
-    fn golden(name: &str, actual: &str) {
+    pub(crate) fn golden(name: &str, actual: &str) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/golden")
             .join(name);

@@ -119,6 +119,9 @@ pub struct CreateArgs {
     /// Firmware for disk images [default: the image's]
     #[arg(long, value_enum)]
     pub firmware: Option<FirmwareArg>,
+    /// Storage pool for the VM's disks (default: the default pool).
+    #[arg(long)]
+    pub pool: Option<Name>,
     /// Extra kernel command-line arguments (kernel images).
     #[arg(long)]
     pub kernel_args: Option<String>,
@@ -153,6 +156,7 @@ impl CreateArgs {
             disk_mib: self.disk,
             networks,
             firmware: self.firmware.map(Firmware::from),
+            pool: self.pool.clone(),
             kernel_args: self.kernel_args.clone(),
             start: self.start,
         })

@@ -31,6 +31,9 @@ pub struct CreateVmRequest {
     /// Firmware for disk images; default from the image.
     #[serde(default)]
     pub firmware: Option<Firmware>,
+    /// Storage pool for the VM's disks; default `default`.
+    #[serde(default)]
+    pub pool: Option<Name>,
     /// Extra kernel command-line arguments (kernel images only).
     #[serde(default)]
     pub kernel_args: Option<String>,

@@ -19,6 +19,7 @@
 mod error;
 mod networks;
 pub mod remote;
+mod storage;
 pub mod tls;
 mod transport;
 mod ws;
@@ -534,25 +535,35 @@ impl Client {
         name: &str,
         start: bool,
     ) -> Result<Operation, ClientError> {
+        let mut url = format!(
+            "/v1/vms/import?name={}&start={start}",
+            encode_component(name)
+        );
+        url.push_str(&self.project_query('&'));
+        self.upload_file(path, &url, "application/x-tar").await
+    }
+
+    /// Streams the local file `path` as the body of `POST url` and decodes the answer.
+    async fn upload_file<T: DeserializeOwned>(
+        &self,
+        path: &std::path::Path,
+        url: &str,
+        content_type: &str,
+    ) -> Result<T, ClientError> {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|source| ClientError::LocalFile {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let mut url = format!(
-            "/v1/vms/import?name={}&start={start}",
-            encode_component(name)
-        );
-        url.push_str(&self.project_query('&'));
         let headers = self.auth_header().into_iter().collect();
         // Uploads take as long as they take; the operation carries the rest.
         let response = transport::exchange_body(
             &self.dialer,
             Method::POST,
-            &url,
+            url,
             headers,
-            Some("application/x-tar"),
+            Some(content_type),
             transport::file_body(file),
             MAX_BODY_BYTES,
         )
@@ -560,12 +571,12 @@ impl Client {
         if !response.status.is_success() {
             return Err(error_from_response(
                 "POST",
-                &url,
+                url,
                 response.status.as_u16(),
                 &response.body,
             ));
         }
-        Self::decode(&Method::POST, &url, &response)
+        Self::decode(&Method::POST, url, &response)
     }
 
     /// Downloads VM `name` (stopped) as an OVA package to `out`, atomically: the package is

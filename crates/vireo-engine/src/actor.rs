@@ -48,6 +48,17 @@ pub struct ActionOpts {
 /// A change to a stopped VM's record.
 type RecordEdit = Box<dyn FnOnce(&mut VmRecord) -> Result<()> + Send>;
 
+/// Work that needs the VM to itself (storage changes, snapshots): it runs inside the actor,
+/// so no action or other work on this VM interleaves with it. It sees the current record and
+/// the running machine (if any) and may return a changed record, which is persisted.
+pub type ExclusiveWork = Box<
+    dyn FnOnce(
+            VmRecord,
+            Option<Arc<dyn Machine>>,
+        ) -> futures::future::BoxFuture<'static, Result<Option<VmRecord>>>
+        + Send,
+>;
+
 enum Msg {
     Action {
         action: VmAction,
@@ -64,10 +75,8 @@ enum Msg {
         if_match: Option<u64>,
         reply: oneshot::Sender<Result<()>>,
     },
-    /// A record change that is valid in any state (NIC hotplug keeps the spec in step with
-    /// the running QEMU).
-    UpdateLive {
-        f: RecordEdit,
+    Exclusive {
+        work: ExclusiveWork,
         reply: oneshot::Sender<Result<()>>,
     },
 }
@@ -130,17 +139,12 @@ impl VmHandle {
             .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?
     }
 
-    /// Changes the record in any state (for changes already made to the running QEMU).
-    pub async fn update_live(
-        &self,
-        f: impl FnOnce(&mut VmRecord) -> Result<()> + Send + 'static,
-    ) -> Result<()> {
+    /// Runs `work` with the VM to itself (see [`ExclusiveWork`]); its output comes back
+    /// through the closure's own captures.
+    pub async fn exclusive(&self, work: ExclusiveWork) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::UpdateLive {
-                f: Box::new(f),
-                reply,
-            })
+            .send(Msg::Exclusive { work, reply })
             .await
             .map_err(|_| EngineError::Conflict("the VM is being deleted".into()))?;
         rx.await
@@ -271,10 +275,14 @@ impl Actor {
                 let res = self.update(f, if_match).await;
                 let _ = reply.send(res);
             }
-            Msg::UpdateLive { f, reply } => {
-                let mut record = self.record();
-                let res = match f(&mut record) {
-                    Ok(()) => self.persist(record).await,
+            Msg::Exclusive { work, reply } => {
+                let (record, machine) = {
+                    let v = self.view.borrow();
+                    (v.record.clone(), v.machine.clone())
+                };
+                let res = match work(record, machine).await {
+                    Ok(Some(changed)) => self.persist(changed).await,
+                    Ok(None) => Ok(()),
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(res);

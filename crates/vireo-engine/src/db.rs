@@ -9,7 +9,7 @@ use vireo_store::{Compare, Store, Txn, TxnOp};
 
 use crate::error::{EngineError, Result};
 use crate::ops::PersistedOp;
-use crate::records::{self, ImageRecord, VmRecord};
+use crate::records::{self, ImageRecord, PoolRecord, VmRecord, VolumeRecord};
 use vireo_api::projects::ProjectInfo;
 
 #[derive(Clone)]
@@ -174,6 +174,57 @@ impl Db {
     pub async fn list_projects(&self) -> Result<Vec<ProjectInfo>> {
         Ok(self
             .list_json("/projects/")
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    // Storage pools and volumes
+    pub async fn create_pool(&self, r: &PoolRecord) -> Result<u64> {
+        let name = r.name.as_str();
+        self.create_json(
+            &records::pool_key(name),
+            r,
+            &format!("storage pool {name:?}"),
+        )
+        .await
+    }
+    pub async fn get_pool(&self, name: &str) -> Result<Option<PoolRecord>> {
+        Ok(self
+            .get_json(&records::pool_key(name))
+            .await?
+            .map(|(r, _)| r))
+    }
+    pub async fn list_pools(&self) -> Result<Vec<PoolRecord>> {
+        Ok(self
+            .list_json("/storage-pools/")
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+    pub async fn create_volume(&self, r: &VolumeRecord) -> Result<u64> {
+        self.create_json(
+            &records::volume_key(r.pool.as_str(), r.name.as_str()),
+            r,
+            &format!("volume {:?} in pool {:?}", r.name.as_str(), r.pool.as_str()),
+        )
+        .await
+    }
+    pub async fn put_volume(&self, r: &VolumeRecord) -> Result<u64> {
+        self.put_json(&records::volume_key(r.pool.as_str(), r.name.as_str()), r)
+            .await
+    }
+    pub async fn get_volume(&self, pool: &str, name: &str) -> Result<Option<VolumeRecord>> {
+        Ok(self
+            .get_json(&records::volume_key(pool, name))
+            .await?
+            .map(|(r, _)| r))
+    }
+    pub async fn list_volumes(&self, pool: Option<&str>) -> Result<Vec<VolumeRecord>> {
+        Ok(self
+            .list_json(&records::volume_prefix(pool))
             .await?
             .into_iter()
             .map(|(r, _)| r)

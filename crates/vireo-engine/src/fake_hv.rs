@@ -6,6 +6,7 @@
 //! a new one over the same store and hypervisor to simulate a daemon restart.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 use uuid::Uuid;
-use vireo_types::BootSource;
+use vireo_image::{Limits, PathPolicy};
+use vireo_types::{BootSource, DiskSpec, Name, NicSpec};
 
 use crate::console::Console;
 use crate::hv::{
@@ -109,7 +111,7 @@ impl Hypervisor for FakeHypervisor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let m = FakeMachine::new(pid, behaviour);
+        let m = FakeMachine::new(pid, behaviour, req.spec.disks.clone());
         self.machines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -142,14 +144,22 @@ pub struct FakeMachine {
     booted_at: Mutex<tokio::time::Instant>,
     behaviour: FakeBehaviour,
     console: Console,
-    /// Monitor commands received, in order (`command` or `command <arguments JSON>`).
-    monitor_log: Mutex<Vec<String>>,
-    /// Emulated PCIe hotplug ports `hp0`..: the device id plugged into each.
-    hotplug_ports: Mutex<Vec<Option<String>>>,
+    /// Attached disks; storage calls act on their files with the image engine, as QEMU
+    /// would on the open images.
+    disks: Mutex<Vec<DiskSpec>>,
+    /// Run state saved with each memory snapshot (`true` = CPUs were running).
+    saved_states: Mutex<HashMap<String, bool>>,
+    /// Filesystems frozen through the "agent".
+    frozen: AtomicBool,
+    /// How many times the agent froze filesystems.
+    pub freezes: AtomicU32,
+    /// NIC hotplug calls received, in order (`add eth1 <mac> <tap>`, `remove eth1`,
+    /// `link eth1 false`).
+    nic_log: Mutex<Vec<String>>,
 }
 
 impl FakeMachine {
-    fn new(pid: u32, behaviour: FakeBehaviour) -> Arc<Self> {
+    fn new(pid: u32, behaviour: FakeBehaviour, disks: Vec<DiskSpec>) -> Arc<Self> {
         let (events, _) = broadcast::channel(64);
         let backend = Console::create(64 * 1024);
         let console = backend.console.clone();
@@ -161,8 +171,11 @@ impl FakeMachine {
             booted_at: Mutex::new(tokio::time::Instant::now()),
             behaviour,
             console: console.clone(),
-            monitor_log: Mutex::new(vec![]),
-            hotplug_ports: Mutex::new(vec![None; FAKE_HOTPLUG_PORTS]),
+            disks: Mutex::new(disks),
+            saved_states: Mutex::new(HashMap::new()),
+            frozen: AtomicBool::new(false),
+            freezes: AtomicU32::new(0),
+            nic_log: Mutex::new(vec![]),
         });
         // The guest "prints" its boot banner and echoes what is typed.
         console.push_output(b"fake guest booting\r\nVIREO-GUEST-READY\r\n");
@@ -338,92 +351,199 @@ impl Machine for FakeMachine {
     fn console(&self) -> Console {
         self.console.clone()
     }
-    async fn monitor(
-        &self,
-        command: &'static str,
-        arguments: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, HvError> {
+
+    async fn block_resize(&self, disk: &Name, size: u64) -> Result<(), HvError> {
+        self.on_disks("block_resize", std::slice::from_ref(disk), |p| {
+            vireo_image::ops::resize(p, size, &Limits::default(), &open_policy())
+                .map_err(|e| e.to_string())
+        })
+    }
+    async fn hotplug_disk(&self, disk: &DiskSpec) -> Result<(), HvError> {
         self.alive()?;
-        self.monitor_log
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        if disks.iter().any(|d| d.name == disk.name) {
+            return Err(HvError::Monitor {
+                command: "device_add",
+                detail: format!("Duplicate device ID '{}'", disk.name),
+            });
+        }
+        if !disk.path.exists() {
+            return Err(HvError::Monitor {
+                command: "blockdev-add",
+                detail: format!("Could not open '{}'", disk.path.display()),
+            });
+        }
+        disks.push(disk.clone());
+        Ok(())
+    }
+    async fn unplug_disk(&self, disk: &Name, _timeout: Duration) -> Result<(), HvError> {
+        self.alive()?;
+        let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        let before = disks.len();
+        disks.retain(|d| &d.name != disk);
+        if disks.len() == before {
+            return Err(HvError::Monitor {
+                command: "device_del",
+                detail: format!("Device '{disk}' not found"),
+            });
+        }
+        Ok(())
+    }
+    async fn snapshot_disks(&self, tag: &str, disks: &[Name]) -> Result<(), HvError> {
+        self.on_disks("transaction", disks, |p| {
+            vireo_image::qcow2::snapshot_create(p, tag, &Limits::default())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+    async fn delete_disk_snapshots(&self, tag: &str, disks: &[Name]) -> Result<(), HvError> {
+        self.on_disks("blockdev-snapshot-delete-internal-sync", disks, |p| {
+            vireo_image::qcow2::snapshot_delete(p, tag, &Limits::default())
+                .map_err(|e| e.to_string())
+        })
+    }
+    async fn save_snapshot(
+        &self,
+        tag: &str,
+        vmstate_disk: &Name,
+        disks: &[Name],
+    ) -> Result<(), HvError> {
+        self.disk_path(vmstate_disk)?;
+        self.snapshot_disks(tag, disks).await?;
+        self.saved_states
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(match &arguments {
-                Some(a) => format!("{command} {a}"),
-                None => command.to_string(),
+            .insert(tag.to_string(), self.cpus_running.load(Ordering::SeqCst));
+        Ok(())
+    }
+    async fn load_snapshot(
+        &self,
+        tag: &str,
+        vmstate_disk: &Name,
+        disks: &[Name],
+    ) -> Result<(), HvError> {
+        self.disk_path(vmstate_disk)?;
+        if !self
+            .saved_states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(tag)
+        {
+            return Err(HvError::Monitor {
+                command: "snapshot-load",
+                detail: format!("snapshot '{tag}' has no VM state"),
             });
-        let arg = |k: &str| {
-            arguments
-                .as_ref()
-                .and_then(|a| a[k].as_str())
-                .unwrap_or("")
-                .to_string()
-        };
-        let fail = |detail: String| HvError::Monitor { command, detail };
-        let mut ports = self.hotplug_ports.lock().unwrap_or_else(|p| p.into_inner());
-        match command {
-            "query-pci" => {
-                let devices: Vec<serde_json::Value> = ports
-                    .iter()
-                    .enumerate()
-                    .map(|(i, occ)| {
-                        let inner: Vec<serde_json::Value> = occ
-                            .iter()
-                            .map(|id| serde_json::json!({"qdev_id": id}))
-                            .collect();
-                        serde_json::json!({"qdev_id": format!("hp{i}"), "pci_bridge": {"devices": inner}})
-                    })
-                    .collect();
-                Ok(serde_json::json!([{"bus": 0, "devices": devices}]))
-            }
-            "device_add" => {
-                let bus = arg("bus");
-                let slot = bus
-                    .strip_prefix("hp")
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .filter(|i| *i < ports.len())
-                    .ok_or_else(|| fail(format!("Bus '{bus}' not found")))?;
-                if ports[slot].is_some() {
-                    return Err(fail(format!("Bus '{bus}' is full")));
-                }
-                ports[slot] = Some(arg("id"));
-                Ok(serde_json::json!({}))
-            }
-            "device_del" => {
-                let id = arg("id");
-                let slot = ports
-                    .iter()
-                    .position(|o| o.as_deref() == Some(id.as_str()))
-                    .ok_or_else(|| fail(format!("Device '{id}' not found")))?;
-                ports[slot] = None;
-                Ok(serde_json::json!({}))
-            }
-            "netdev_add" | "netdev_del" | "set_link" => Ok(serde_json::json!({})),
-            other => Err(fail(format!("The fake machine does not know {other}"))),
         }
+        self.on_disks("snapshot-load", disks, |p| {
+            vireo_image::qcow2::snapshot_apply(p, tag, &Limits::default())
+                .map_err(|e| e.to_string())
+        })?;
+        self.cpus_running.store(false, Ordering::SeqCst);
+        let _ = self.events.send(MachineEvent::CpusStopped);
+        Ok(())
+    }
+    async fn agent_fsfreeze(&self, _timeout: Duration) -> Result<u32, HvError> {
+        self.alive()?;
+        if !self.agent_up() {
+            return Err(HvError::Agent("guest agent not running".into()));
+        }
+        self.frozen.store(true, Ordering::SeqCst);
+        self.freezes.fetch_add(1, Ordering::SeqCst);
+        Ok(1)
+    }
+    async fn agent_fsthaw(&self, _timeout: Duration) -> Result<(), HvError> {
+        self.alive()?;
+        self.frozen.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn hotplug_nic(&self, nic: &NicSpec) -> Result<(), HvError> {
+        self.alive()?;
+        let tap = match &nic.backend {
+            vireo_types::NicBackend::Tap { ifname } => ifname.clone(),
+            vireo_types::NicBackend::User => "user".into(),
+        };
+        self.log_nic(format!("add {} {} {tap}", nic.name, nic.mac));
+        Ok(())
+    }
+    async fn unplug_nic(&self, nic: &Name, _timeout: Duration) -> Result<(), HvError> {
+        self.alive()?;
+        self.log_nic(format!("remove {nic}"));
+        Ok(())
+    }
+    async fn set_nic_link(&self, nic: &Name, up: bool) -> Result<(), HvError> {
+        self.alive()?;
+        self.log_nic(format!("link {nic} {up}"));
+        Ok(())
     }
 }
 
-/// Hotplug ports a fake machine offers.
-pub const FAKE_HOTPLUG_PORTS: usize = 2;
+/// The fake opens only files the engine gave it.
+fn open_policy() -> PathPolicy {
+    PathPolicy {
+        allowed_dirs: vec![PathBuf::from("/")],
+    }
+}
 
 impl FakeMachine {
-    /// Monitor commands received so far.
-    pub fn monitor_log(&self) -> Vec<String> {
-        self.monitor_log
+    fn log_nic(&self, entry: String) {
+        self.nic_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry);
+    }
+
+    /// NIC hotplug calls received so far.
+    pub fn nic_log(&self) -> Vec<String> {
+        self.nic_log
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Device ids plugged into the hotplug ports.
-    pub fn hotplugged(&self) -> Vec<String> {
-        self.hotplug_ports
+    /// Names of the attached disks.
+    pub fn disk_names(&self) -> Vec<String> {
+        self.disks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .flatten()
-            .cloned()
+            .map(|d| d.name.to_string())
             .collect()
+    }
+
+    /// Whether the guest's filesystems are frozen right now.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
+    fn disk_path(&self, disk: &Name) -> Result<PathBuf, HvError> {
+        self.disks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|d| &d.name == disk)
+            .map(|d| d.path.clone())
+            .ok_or_else(|| HvError::Monitor {
+                command: "query-block",
+                detail: format!("no disk {disk}"),
+            })
+    }
+
+    /// Runs an image-engine call on the files of `disks`, as QEMU would on its open images.
+    fn on_disks(
+        &self,
+        command: &'static str,
+        disks: &[Name],
+        f: impl Fn(&std::path::Path) -> Result<(), String>,
+    ) -> Result<(), HvError> {
+        self.alive()?;
+        let paths = disks
+            .iter()
+            .map(|d| self.disk_path(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        for p in paths {
+            f(&p).map_err(|detail| HvError::Monitor { command, detail })?;
+        }
+        Ok(())
     }
 
     /// Used by tests to request a guest-initiated poweroff.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 use uuid::Uuid;
-use vireo_types::VmSpec;
+use vireo_types::{DiskSpec, Name, NicSpec, VmSpec};
 
 use crate::console::Console;
 
@@ -124,10 +124,46 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
     ) -> Result<ExecOutput, HvError>;
     /// The serial console (output history, live output, input).
     fn console(&self) -> Console;
-    /// A raw QMP command (NIC hotplug: `netdev_add`, `device_add`, `set_link`, `query-pci`…).
-    async fn monitor(
+
+    // ---- storage while running --------------------------------------------------------
+
+    /// Grows disk `disk` to `size` bytes (QMP `block_resize`); the guest sees the new size.
+    async fn block_resize(&self, disk: &Name, size: u64) -> Result<(), HvError>;
+    /// Hot-adds `disk` as a new virtio-blk device on a free hotplug port.
+    async fn hotplug_disk(&self, disk: &DiskSpec) -> Result<(), HvError>;
+    /// Hot-removes disk `disk`; the guest must release the device within `timeout`.
+    async fn unplug_disk(&self, disk: &Name, timeout: Duration) -> Result<(), HvError>;
+    /// Takes internal snapshot `tag` of all `disks` atomically (disk state only).
+    async fn snapshot_disks(&self, tag: &str, disks: &[Name]) -> Result<(), HvError>;
+    /// Deletes internal snapshot `tag` from all `disks`.
+    async fn delete_disk_snapshots(&self, tag: &str, disks: &[Name]) -> Result<(), HvError>;
+    /// Saves RAM, device state and `disks` as snapshot `tag`, the RAM into `vmstate_disk`.
+    /// The guest keeps its run state (running or paused) afterwards.
+    async fn save_snapshot(
         &self,
-        command: &'static str,
-        arguments: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, HvError>;
+        tag: &str,
+        vmstate_disk: &Name,
+        disks: &[Name],
+    ) -> Result<(), HvError>;
+    /// Loads snapshot `tag` saved by [`Machine::save_snapshot`]; the guest CPUs are stopped
+    /// afterwards (the caller resumes them when the snapshot was taken running).
+    async fn load_snapshot(
+        &self,
+        tag: &str,
+        vmstate_disk: &Name,
+        disks: &[Name],
+    ) -> Result<(), HvError>;
+    /// Freezes the guest's filesystems through the agent; returns how many were frozen.
+    async fn agent_fsfreeze(&self, timeout: Duration) -> Result<u32, HvError>;
+    /// Thaws what [`Machine::agent_fsfreeze`] froze.
+    async fn agent_fsthaw(&self, timeout: Duration) -> Result<(), HvError>;
+
+    // ---- NICs while running -----------------------------------------------------------
+
+    /// Hot-adds `nic` (its tap must exist) as a virtio-net device on a free hotplug port.
+    async fn hotplug_nic(&self, nic: &NicSpec) -> Result<(), HvError>;
+    /// Hot-removes NIC `nic`; the guest must release the device within `timeout`.
+    async fn unplug_nic(&self, nic: &Name, timeout: Duration) -> Result<(), HvError>;
+    /// Sets NIC `nic`'s link up or down (the guest sees carrier change).
+    async fn set_nic_link(&self, nic: &Name, up: bool) -> Result<(), HvError>;
 }

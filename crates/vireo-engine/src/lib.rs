@@ -20,6 +20,7 @@ pub mod net;
 pub mod ops;
 pub mod qemu_hv;
 pub mod records;
+pub mod storage;
 
 pub use engine::{BuiltImage, Engine, EngineConfig, ImageBuilder};
 pub use error::{EngineError, Result};

@@ -19,12 +19,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 use vireo_api::host::AccelInfo;
 use vireo_qemu::accel::{Accel, AccelPolicy, AccelProbe};
+use vireo_qemu::argv::disk_ids;
 use vireo_qemu::argv::LaunchContext;
+use vireo_qemu::hotplug::HotplugPort;
 use vireo_qemu::process::QemuProcess;
-use vireo_qmp::{GuestAgent, QmpClient, ShutdownMode};
-use vireo_types::{BootSource, Firmware};
+use vireo_qmp::{
+    BlockFormat, BlockNodes, DiskHotplug, GuestAgent, NetdevBackend, NicHotplug, QmpClient,
+    ShutdownMode, VmSnapshot,
+};
+use vireo_types::{BootSource, DiskSpec, Firmware, Name, NicSpec};
 
 use crate::console::{Console, HISTORY_BYTES};
+use crate::error::chain;
 use crate::hv::{
     ExecOutput, GuestFacts, HvError, Hypervisor, LaunchRequest, Machine, MachineEvent,
 };
@@ -402,6 +408,19 @@ impl QemuMachine {
     }
 }
 
+/// Upper bound of a snapshot-save/-load job (RAM size over disk speed, TCG included).
+const SNAPSHOT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The job description of a memory snapshot over Vireo's disk node names.
+fn vm_snapshot(verb: &str, tag: &str, vmstate_disk: &Name, disks: &[Name]) -> VmSnapshot {
+    VmSnapshot {
+        job_id: format!("vireo-{verb}-{}", uuid::Uuid::now_v7().simple()),
+        tag: tag.to_string(),
+        vmstate: disk_ids(vmstate_disk).format_node,
+        devices: disks.iter().map(|d| disk_ids(d).format_node).collect(),
+    }
+}
+
 fn agent_err(e: vireo_qmp::GuestAgentError) -> HvError {
     match e {
         vireo_qmp::GuestAgentError::RunTimeout { timeout, .. } => HvError::Timeout(timeout),
@@ -545,15 +564,222 @@ impl Machine for QemuMachine {
     fn console(&self) -> Console {
         self.console.clone()
     }
-    async fn monitor(
-        &self,
-        command: &'static str,
-        arguments: Option<serde_json::Value>,
-    ) -> Result<serde_json::Value, HvError> {
+
+    async fn block_resize(&self, disk: &Name, size: u64) -> Result<(), HvError> {
         self.alive()?;
+        let node = disk_ids(disk).format_node;
         self.qmp
-            .execute(command, arguments)
+            .block_resize(&node, size)
             .await
-            .map_err(Self::monitor(command))
+            .map_err(|e| HvError::Monitor {
+                command: "block_resize",
+                detail: chain(&e),
+            })
+    }
+    async fn hotplug_disk(&self, disk: &DiskSpec) -> Result<(), HvError> {
+        self.alive()?;
+        let mut port = None;
+        for p in HotplugPort::all() {
+            match self.qmp.port_occupant(&p.id()).await {
+                Ok(None) => {
+                    port = Some(p);
+                    break;
+                }
+                Ok(Some(_)) => continue,
+                Err(e) => {
+                    return Err(HvError::Monitor {
+                        command: "qom-list",
+                        detail: chain(&e),
+                    })
+                }
+            }
+        }
+        let port = port.ok_or_else(|| HvError::Monitor {
+            command: "device_add",
+            detail: "no free hotplug port left (stop the VM to add more disks)".into(),
+        })?;
+        let ids = disk_ids(&disk.name);
+        let hp = DiskHotplug {
+            device_id: ids.device,
+            nodes: BlockNodes {
+                file: ids.file_node,
+                format: ids.format_node,
+            },
+            path: disk.path.clone(),
+            format: match disk.format {
+                vireo_types::DiskFormat::Qcow2 => BlockFormat::Qcow2,
+                vireo_types::DiskFormat::Raw => BlockFormat::Raw,
+            },
+            read_only: disk.read_only,
+            serial: Some(disk.name.to_string()),
+            port: port.id(),
+        };
+        self.qmp
+            .hot_add_disk(&hp)
+            .await
+            .map_err(|e| HvError::Monitor {
+                command: "device_add",
+                detail: chain(&e),
+            })
+    }
+    async fn unplug_disk(&self, disk: &Name, timeout: Duration) -> Result<(), HvError> {
+        self.alive()?;
+        let ids = disk_ids(disk);
+        let nodes = BlockNodes {
+            file: ids.file_node,
+            format: ids.format_node,
+        };
+        self.qmp
+            .hot_remove_disk(&ids.device, &nodes, timeout)
+            .await
+            .map_err(|e| HvError::Monitor {
+                command: "device_del",
+                detail: chain(&e),
+            })
+    }
+    async fn snapshot_disks(&self, tag: &str, disks: &[Name]) -> Result<(), HvError> {
+        self.alive()?;
+        // One transaction: all disks are captured at the same instant or none is.
+        let actions: Vec<serde_json::Value> = disks
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "type": "blockdev-snapshot-internal-sync",
+                    "data": {"device": disk_ids(d).format_node, "name": tag},
+                })
+            })
+            .collect();
+        self.qmp
+            .execute(
+                "transaction",
+                Some(serde_json::json!({ "actions": actions })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(Self::monitor("transaction"))
+    }
+    async fn delete_disk_snapshots(&self, tag: &str, disks: &[Name]) -> Result<(), HvError> {
+        self.alive()?;
+        for d in disks {
+            self.qmp
+                .snapshot_internal_delete(&disk_ids(d).format_node, tag)
+                .await
+                .map_err(|e| HvError::Monitor {
+                    command: "blockdev-snapshot-delete-internal-sync",
+                    detail: chain(&e),
+                })?;
+        }
+        Ok(())
+    }
+    async fn save_snapshot(
+        &self,
+        tag: &str,
+        vmstate_disk: &Name,
+        disks: &[Name],
+    ) -> Result<(), HvError> {
+        self.alive()?;
+        let snap = vm_snapshot("save", tag, vmstate_disk, disks);
+        self.qmp
+            .snapshot_save(&snap, SNAPSHOT_JOB_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| HvError::Monitor {
+                command: "snapshot-save",
+                detail: chain(&e),
+            })
+    }
+    async fn load_snapshot(
+        &self,
+        tag: &str,
+        vmstate_disk: &Name,
+        disks: &[Name],
+    ) -> Result<(), HvError> {
+        self.alive()?;
+        let snap = vm_snapshot("load", tag, vmstate_disk, disks);
+        self.qmp
+            .snapshot_restore(&snap, false, SNAPSHOT_JOB_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|e| HvError::Monitor {
+                command: "snapshot-load",
+                detail: chain(&e),
+            })
+    }
+    async fn agent_fsfreeze(&self, timeout: Duration) -> Result<u32, HvError> {
+        self.alive()?;
+        self.ga.fsfreeze_freeze(timeout).await.map_err(agent_err)
+    }
+    async fn agent_fsthaw(&self, timeout: Duration) -> Result<(), HvError> {
+        self.alive()?;
+        self.ga
+            .fsfreeze_thaw(timeout)
+            .await
+            .map(|_| ())
+            .map_err(agent_err)
+    }
+    async fn hotplug_nic(&self, nic: &NicSpec) -> Result<(), HvError> {
+        self.alive()?;
+        let mut port = None;
+        for p in HotplugPort::all() {
+            match self.qmp.port_occupant(&p.id()).await {
+                Ok(None) => {
+                    port = Some(p);
+                    break;
+                }
+                Ok(Some(_)) => continue,
+                Err(e) => {
+                    return Err(HvError::Monitor {
+                        command: "qom-list",
+                        detail: chain(&e),
+                    })
+                }
+            }
+        }
+        let port = port.ok_or_else(|| HvError::Monitor {
+            command: "device_add",
+            detail: "no free hotplug port left (stop the VM to add more NICs)".into(),
+        })?;
+        let ids = vireo_qemu::argv::nic_ids(&nic.name);
+        let hp = NicHotplug {
+            device_id: ids.device,
+            netdev_id: ids.netdev,
+            mac: nic.mac.to_string(),
+            backend: match &nic.backend {
+                vireo_types::NicBackend::User => NetdevBackend::User,
+                vireo_types::NicBackend::Tap { ifname } => NetdevBackend::Tap {
+                    ifname: ifname.clone(),
+                },
+            },
+            port: port.id(),
+        };
+        self.qmp
+            .hot_add_nic(&hp)
+            .await
+            .map_err(|e| HvError::Monitor {
+                command: "device_add",
+                detail: chain(&e),
+            })
+    }
+    async fn unplug_nic(&self, nic: &Name, timeout: Duration) -> Result<(), HvError> {
+        self.alive()?;
+        let ids = vireo_qemu::argv::nic_ids(nic);
+        self.qmp
+            .hot_remove_nic(&ids.device, &ids.netdev, timeout)
+            .await
+            .map_err(|e| HvError::Monitor {
+                command: "device_del",
+                detail: chain(&e),
+            })
+    }
+    async fn set_nic_link(&self, nic: &Name, up: bool) -> Result<(), HvError> {
+        self.alive()?;
+        let ids = vireo_qemu::argv::nic_ids(nic);
+        self.qmp
+            .set_link(&ids.device, up)
+            .await
+            .map_err(|e| HvError::Monitor {
+                command: "set_link",
+                detail: chain(&e),
+            })
     }
 }

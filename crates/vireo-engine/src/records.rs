@@ -1,7 +1,7 @@
 //! What the engine persists in the state store, and the key layout.
 //!
 //! Keys: `/projects/<name>`, `/vms/<project>/<name>`, `/images/<name>`,
-//! `/operations/<uuid>`. Values are JSON. A VM record holds the *observed* state and the
+//! `/operations/<uuid>`, `/storage-pools/<name>`, `/volumes/<pool>/<name>`. Values are JSON. A VM record holds the *observed* state and the
 //! QEMU pid so that a restarted daemon can re-attach.
 
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use vireo_api::images::ImageInfo;
+use vireo_api::storage::{PoolDriverKind, VolumeAttachment, VolumeKind, VolumeRef};
 use vireo_types::{Name, VmSpec, VmState};
 
 pub fn project_key(name: &str) -> String {
@@ -30,6 +31,61 @@ pub fn image_key(name: &str) -> String {
 pub fn operation_key(id: Uuid) -> String {
     format!("/operations/{id}")
 }
+pub fn pool_key(name: &str) -> String {
+    format!("/storage-pools/{name}")
+}
+pub fn volume_key(pool: &str, name: &str) -> String {
+    format!("/volumes/{pool}/{name}")
+}
+pub fn volume_prefix(pool: Option<&str>) -> String {
+    match pool {
+        Some(p) => format!("/volumes/{p}/"),
+        None => "/volumes/".to_string(),
+    }
+}
+
+/// A storage pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub uuid: Uuid,
+    pub name: Name,
+    pub driver: PoolDriverKind,
+    pub path: PathBuf,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A volume. Its data lives in the pool's driver under `uuid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub uuid: Uuid,
+    pub name: Name,
+    pub pool: Name,
+    pub kind: VolumeKind,
+    pub created_at: DateTime<Utc>,
+    /// Virtual size as last set by Vireo (create, import, resize).
+    pub size_bytes: u64,
+    pub backing: Option<VolumeRef>,
+    pub backing_image: Option<Name>,
+    pub attached: Option<VolumeAttachment>,
+    pub read_only: bool,
+}
+
+impl VolumeRecord {
+    pub fn reference(&self) -> VolumeRef {
+        VolumeRef {
+            pool: self.pool.clone(),
+            volume: self.name.clone(),
+        }
+    }
+}
+
+/// Which volume backs a VM disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskVolume {
+    pub disk: Name,
+    pub pool: Name,
+    pub volume: Name,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmRecord {
@@ -46,8 +102,11 @@ pub struct VmRecord {
     pub pid: Option<u32>,
     pub accel: Option<String>,
     pub node: String,
-    /// Directory holding the VM's disks and runtime files.
+    /// Directory holding the VM's runtime files (and the disks of VMs made before pools).
     pub dir: PathBuf,
+    /// The pool volume behind each disk (disks not listed are files in `dir`).
+    #[serde(default)]
+    pub volumes: Vec<DiskVolume>,
 }
 
 impl VmRecord {

@@ -1,116 +1,16 @@
 //! Tier-2 tests: the whole engine (actors, operations, store, recovery) over the fake
 //! hypervisor and an on-disk SQLite store.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use vireo_api::images::BuildImageRequest;
 use vireo_api::operations::{Operation, OperationStatus};
 use vireo_api::vms::{CreateVmRequest, ExecRequest, StopRequest, UpdateVmRequest};
-use vireo_engine::fake_hv::FakeHypervisor;
-use vireo_engine::{BuiltImage, Engine, EngineConfig, EngineError, ImageBuilder};
-use vireo_types::{Name, VmAction, VmState};
+use vireo_engine::{Engine, EngineError};
+use vireo_types::{VmAction, VmState};
 
-#[derive(Debug)]
-struct FakeBuilder;
-
-impl ImageBuilder for FakeBuilder {
-    fn build(&self, out: &Path, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<BuiltImage> {
-        progress("writing fake kernel");
-        std::fs::write(out.join("vmlinuz"), b"kernel")?;
-        std::fs::write(out.join("initrd.img"), b"initrd")?;
-        Ok(BuiltImage::Kernel {
-            kernel: out.join("vmlinuz"),
-            initrd: out.join("initrd.img"),
-            cmdline: "console=ttyS0".into(),
-            kernel_version: "6.1.0-fake".into(),
-            ready_marker: Some("VIREO-GUEST-READY".into()),
-            default_data_disk_mib: 16,
-        })
-    }
-}
-
-struct Env {
-    dir: tempfile::TempDir,
-    hv: Arc<FakeHypervisor>,
-    engine: Engine,
-}
-
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap()
-}
-
-/// Opens the store, waiting for a previous engine's tasks to release it (a "restarted
-/// daemon" in these tests is a new engine in the same process).
-async fn open_store(dir: &Path) -> vireo_store::SqliteStore {
-    for _ in 0..200 {
-        match vireo_store::SqliteStore::open(dir) {
-            Ok(s) => return s,
-            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-    panic!("state store still locked");
-}
-
-async fn open(dir: &Path, hv: Arc<FakeHypervisor>) -> Engine {
-    let store = Arc::new(open_store(dir).await);
-    let mut builders: HashMap<String, Arc<dyn ImageBuilder>> = HashMap::new();
-    builders.insert("tiny".into(), Arc::new(FakeBuilder));
-    Engine::open(
-        EngineConfig {
-            state_dir: dir.to_path_buf(),
-            node: "node1".into(),
-        },
-        store,
-        hv,
-        builders,
-    )
-    .await
-    .unwrap()
-}
-
-async fn setup() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let hv = FakeHypervisor::new();
-    let engine = open(dir.path(), hv.clone()).await;
-    let op = engine
-        .build_image(
-            BuildImageRequest {
-                builder: name("tiny"),
-                name: None,
-            },
-            "test",
-        )
-        .await
-        .unwrap();
-    let op = wait(&engine, &op).await;
-    assert_eq!(op.status, OperationStatus::Succeeded, "{op:?}");
-    Env { dir, hv, engine }
-}
-
-async fn wait(engine: &Engine, op: &Operation) -> Operation {
-    engine
-        .operations()
-        .wait(op.id, Duration::from_secs(20))
-        .await
-        .unwrap()
-}
-
-fn create_req(n: &str, start: bool) -> CreateVmRequest {
-    CreateVmRequest {
-        name: name(n),
-        image: name("tiny"),
-        vcpus: Some(1),
-        memory_mib: Some(128),
-        disk_mib: None,
-        networks: None,
-        firmware: None,
-        kernel_args: None,
-        start,
-    }
-}
+mod common;
+use common::*;
 
 async fn act(e: &Engine, vm: &str, a: VmAction) -> Operation {
     let op = e

@@ -62,6 +62,49 @@ fn limits() -> Limits {
     }
 }
 
+/// Images with two internal snapshots (one Vireo's, one taken after more writes), built from
+/// the plain bases: the starting points of the edit mutations.
+fn snapshot_bases() -> &'static Vec<Vec<u8>> {
+    static BASES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    BASES.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Limits::default();
+        let mut out = Vec::new();
+        for (i, bytes) in bases().iter().enumerate() {
+            let p = dir.path().join(format!("snap-{i}.qcow2"));
+            std::fs::write(&p, bytes).unwrap();
+            vireo_image::qcow2::snapshot_create(&p, "a", &l).unwrap();
+            vireo_image::ops::resize(&p, 320 << 10, &l, &PathPolicy::default()).unwrap();
+            vireo_image::qcow2::snapshot_create(&p, "b", &l).unwrap();
+            let report = vireo_image::qcow2::check(&p, &l).unwrap();
+            assert_eq!(report.exit_code(), 0, "{report:?}");
+            out.push(std::fs::read(&p).unwrap());
+        }
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 120, ..ProptestConfig::default() })]
+
+    #[test]
+    fn mutated_images_survive_edits(
+        which in 0usize..3,
+        edits in proptest::collection::vec((0usize..8192, any::<u8>()), 1..16),
+        far_edits in proptest::collection::vec((0usize..1 << 20, any::<u8>()), 0..8),
+    ) {
+        let mut img = snapshot_bases()[which].clone();
+        for (off, b) in edits.into_iter().chain(far_edits) {
+            let len = img.len();
+            img[off % len] = b;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.qcow2");
+        std::fs::write(&p, &img).unwrap();
+        vireo_image::qcow2::exercise_edits(&p, &limits(), &PathPolicy::default());
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 

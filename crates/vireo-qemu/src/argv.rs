@@ -13,7 +13,11 @@
 //! - every value that goes through QEMU's option parser has its commas doubled; values of
 //!   raw options (`-kernel`, `-initrd`, `-append`, `-pidfile`) are passed verbatim;
 //! - disks use `aio=threads` and QEMU's default cache mode (O_DIRECT is not available on
-//!   every filesystem).
+//!   every filesystem);
+//! - every machine has the [`HOTPLUG_PORT_COUNT`](crate::hotplug::HOTPLUG_PORT_COUNT) empty PCIe root ports of
+//!   [`crate::hotplug`] at fixed addresses; devices without a placement are cold-plugged on
+//!   `pcie.0` at the addresses they always had, devices with one (hot-added earlier) sit on
+//!   their root port (`bus=vireo_hpN`).
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +25,7 @@ use uuid::Uuid;
 use vireo_types::{BootSource, DiskSpec, Firmware, Name, NicBackend, NicSpec, SpecError, VmSpec};
 
 use crate::accel::Accel;
+use crate::hotplug::{HotplugPlacement, HotplugPort, PlacementError};
 use crate::ovmf::OvmfFiles;
 use crate::rundir::RunPaths;
 
@@ -48,6 +53,8 @@ pub enum ArgvError {
     InvalidSpec(#[source] SpecError),
     #[error("UEFI boot needs OVMF firmware files, but none were given")]
     MissingOvmf,
+    #[error("hotplug placement does not fit the VM spec")]
+    Placement(#[source] PlacementError),
     #[error("{what} path {path:?} is not valid UTF-8")]
     NonUtf8Path { what: &'static str, path: PathBuf },
 }
@@ -120,9 +127,33 @@ fn opt_path(what: &'static str, p: &Path) -> Result<String, ArgvError> {
     utf8(what, p).map(escape_opt)
 }
 
-/// Builds the full argv (including `argv[0]`) for `spec` in `ctx`.
+/// Launch choices besides the spec and the context.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// The hotplug port of every device hot-added in an earlier run (or meant to stay
+    /// removable); the others are cold-plugged on `pcie.0`.
+    pub placement: HotplugPlacement,
+    /// Start with the vCPUs stopped (`-S`): QEMU stays in `prelaunch` until QMP `cont`. This is
+    /// how a memory snapshot is restored into a VM that is not running: start paused,
+    /// `snapshot-load`, `cont` (no guest code runs before the load).
+    pub start_paused: bool,
+}
+
+/// Builds the full argv (including `argv[0]`) for `spec` in `ctx` with default
+/// [`LaunchOptions`]: every device cold-plugged on `pcie.0`, vCPUs running.
 pub fn build(spec: &VmSpec, ctx: &LaunchContext) -> Result<Vec<String>, ArgvError> {
+    build_with(spec, ctx, &LaunchOptions::default())
+}
+
+/// Builds the full argv (including `argv[0]`) for `spec` in `ctx` with `options`.
+pub fn build_with(
+    spec: &VmSpec,
+    ctx: &LaunchContext,
+    options: &LaunchOptions,
+) -> Result<Vec<String>, ArgvError> {
+    let placement = &options.placement;
     spec.validate().map_err(ArgvError::InvalidSpec)?;
+    placement.validate(spec).map_err(ArgvError::Placement)?;
     let run = RunPaths::new(&ctx.run_dir);
     let mut a = Argv::default();
     a.push1(utf8("QEMU binary", &ctx.qemu_binary)?);
@@ -155,6 +186,9 @@ pub fn build(spec: &VmSpec, ctx: &LaunchContext) -> Result<Vec<String>, ArgvErro
     a.push1("-nodefaults");
     a.push1("-no-user-config");
     a.push2("-display", "none");
+    if options.start_paused {
+        a.push1("-S");
+    }
     a.push2(
         "-sandbox",
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
@@ -193,6 +227,10 @@ pub fn build(spec: &VmSpec, ctx: &LaunchContext) -> Result<Vec<String>, ArgvErro
     );
     a.push2("-object", "rng-random,id=rng0,filename=/dev/urandom");
     a.push2("-device", "virtio-rng-pci,id=vireo_rng,rng=rng0");
+    // Hotplug ports: before any device that may sit on one.
+    for port in HotplugPort::all() {
+        a.push2("-device", port.device_option());
+    }
 
     // Firmware / boot.
     if let Some(ovmf) = uefi {
@@ -235,15 +273,15 @@ pub fn build(spec: &VmSpec, ctx: &LaunchContext) -> Result<Vec<String>, ArgvErro
     }
 
     for disk in &spec.disks {
-        push_disk(&mut a, disk)?;
+        push_disk(&mut a, disk, placement.disk_port(&disk.name))?;
     }
     for nic in &spec.nics {
-        push_nic(&mut a, nic);
+        push_nic(&mut a, nic, placement.nic_port(&nic.name));
     }
     Ok(a.0)
 }
 
-fn push_disk(a: &mut Argv, disk: &DiskSpec) -> Result<(), ArgvError> {
+fn push_disk(a: &mut Argv, disk: &DiskSpec, port: Option<HotplugPort>) -> Result<(), ArgvError> {
     let ids = disk_ids(&disk.name);
     let ro = if disk.read_only { ",read-only=on" } else { "" };
     a.push2(
@@ -267,6 +305,9 @@ fn push_disk(a: &mut Argv, disk: &DiskSpec) -> Result<(), ArgvError> {
         "virtio-blk-pci,id={},drive={},serial={}",
         ids.device, ids.format_node, disk.name
     );
+    if let Some(port) = port {
+        dev.push_str(&format!(",bus={}", port.id()));
+    }
     if let Some(index) = disk.boot_index {
         dev.push_str(&format!(",bootindex={index}"));
     }
@@ -274,7 +315,7 @@ fn push_disk(a: &mut Argv, disk: &DiskSpec) -> Result<(), ArgvError> {
     Ok(())
 }
 
-fn push_nic(a: &mut Argv, nic: &NicSpec) {
+fn push_nic(a: &mut Argv, nic: &NicSpec, port: Option<HotplugPort>) {
     let ids = nic_ids(&nic.name);
     let netdev = match &nic.backend {
         NicBackend::User => format!("user,id={}", ids.netdev),
@@ -285,13 +326,14 @@ fn push_nic(a: &mut Argv, nic: &NicSpec) {
         ),
     };
     a.push2("-netdev", netdev);
-    a.push2(
-        "-device",
-        format!(
-            "virtio-net-pci,id={},netdev={},mac={}",
-            ids.device, ids.netdev, nic.mac
-        ),
+    let mut dev = format!(
+        "virtio-net-pci,id={},netdev={},mac={}",
+        ids.device, ids.netdev, nic.mac
     );
+    if let Some(port) = port {
+        dev.push_str(&format!(",bus={}", port.id()));
+    }
+    a.push2("-device", dev);
 }
 
 #[derive(Default)]

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
-use vireo_qemu::argv::{build, ArgvError, LaunchContext};
+use vireo_qemu::argv::{build, build_with, ArgvError, LaunchContext, LaunchOptions};
+use vireo_qemu::hotplug::{HotplugPlacement, HotplugPort, PlacementError};
 use vireo_qemu::{Accel, OvmfFiles};
 use vireo_types::{BootSource, DiskFormat, DiskSpec, Firmware, Name, NicBackend, NicSpec, VmSpec};
 
@@ -249,4 +250,130 @@ fn option_values_with_commas_are_escaped() {
     // -pidfile is not parsed as key=value: verbatim.
     let pid = argv.iter().position(|a| a == "-pidfile").unwrap();
     assert_eq!(argv[pid + 1], "/run/x,y/qemu.pid");
+}
+
+fn port(i: u8) -> HotplugPort {
+    HotplugPort::try_from(i).unwrap()
+}
+
+fn hotplugged_spec() -> VmSpec {
+    VmSpec {
+        vcpus: 1,
+        memory_mib: 256,
+        boot: BootSource::Kernel {
+            kernel: "/var/lib/vireo/images/tiny/vmlinuz".into(),
+            initrd: Some("/var/lib/vireo/images/tiny/initrd.img".into()),
+            cmdline: "console=ttyS0 quiet panic=-1".into(),
+        },
+        disks: vec![
+            disk(
+                "data",
+                "/var/lib/vireo/vms/web1/data.qcow2",
+                DiskFormat::Qcow2,
+                false,
+                None,
+            ),
+            disk(
+                "extra",
+                "/var/lib/vireo/vms/web1/extra.qcow2",
+                DiskFormat::Qcow2,
+                false,
+                None,
+            ),
+        ],
+        nics: vec![
+            nic("eth0", "0a:76:72:00:00:01", NicBackend::User),
+            nic(
+                "eth1",
+                "0a:76:72:00:00:05",
+                NicBackend::Tap {
+                    ifname: "vt-web1-1".into(),
+                },
+            ),
+        ],
+    }
+}
+
+/// Devices hot-added in an earlier run come back on the ports they were plugged into;
+/// cold-plugged devices keep their lines unchanged.
+#[test]
+fn hotplugged_devices_on_their_ports() {
+    let mut placement = HotplugPlacement::default();
+    placement.disks.insert(name("extra"), port(0));
+    placement.nics.insert(name("eth1"), port(1));
+    let options = LaunchOptions {
+        placement,
+        start_paused: false,
+    };
+    let argv = build_with(&hotplugged_spec(), &ctx(Accel::Tcg, false), &options).unwrap();
+    check("hotplugged_devices_on_their_ports", argv.clone());
+    let cold = build(&hotplugged_spec(), &ctx(Accel::Tcg, false)).unwrap();
+    let differing: Vec<_> = argv
+        .iter()
+        .zip(&cold)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.as_str())
+        .collect();
+    assert_eq!(
+        differing,
+        vec![
+            "virtio-blk-pci,id=extra,drive=fmt_extra,serial=extra,bus=vireo_hp0",
+            "virtio-net-pci,id=nic_eth1,netdev=net_eth1,mac=0a:76:72:00:00:05,bus=vireo_hp1",
+        ]
+    );
+}
+
+fn placed(placement: HotplugPlacement) -> LaunchOptions {
+    LaunchOptions {
+        placement,
+        start_paused: false,
+    }
+}
+
+/// `-S` exactly when asked for, right after the display option; nothing else changes.
+#[test]
+fn start_paused_adds_only_dash_s() {
+    let spec = hotplugged_spec();
+    let c = ctx(Accel::Tcg, false);
+    let running = build(&spec, &c).unwrap();
+    let paused = build_with(
+        &spec,
+        &c,
+        &LaunchOptions {
+            start_paused: true,
+            ..LaunchOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(!running.iter().any(|a| a == "-S"));
+    let at = paused.iter().position(|a| a == "-S").unwrap();
+    assert_eq!(paused[at - 2..at], ["-display", "none"]);
+    let mut without = paused.clone();
+    without.remove(at);
+    assert_eq!(without, running);
+}
+
+#[test]
+fn placements_that_do_not_fit_are_rejected() {
+    let spec = hotplugged_spec();
+    let c = ctx(Accel::Tcg, false);
+    let mut unknown = HotplugPlacement::default();
+    unknown.disks.insert(name("nosuch"), port(0));
+    assert!(matches!(
+        build_with(&spec, &c, &placed(unknown)),
+        Err(ArgvError::Placement(PlacementError::UnknownDisk(n))) if n.as_str() == "nosuch"
+    ));
+    let mut unknown_nic = HotplugPlacement::default();
+    unknown_nic.nics.insert(name("eth9"), port(0));
+    assert!(matches!(
+        build_with(&spec, &c, &placed(unknown_nic)),
+        Err(ArgvError::Placement(PlacementError::UnknownNic(_)))
+    ));
+    let mut shared = HotplugPlacement::default();
+    shared.disks.insert(name("extra"), port(2));
+    shared.nics.insert(name("eth1"), port(2));
+    assert!(matches!(
+        build_with(&spec, &c, &placed(shared)),
+        Err(ArgvError::Placement(PlacementError::PortShared { port: p, .. })) if p == port(2)
+    ));
 }

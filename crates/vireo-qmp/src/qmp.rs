@@ -487,7 +487,8 @@ impl QmpClient {
         }
     }
 
-    async fn execute_typed<T: serde::de::DeserializeOwned>(
+    /// Runs `command` and decodes its `return` value.
+    pub(crate) async fn execute_typed<T: serde::de::DeserializeOwned>(
         &self,
         command: &str,
         arguments: Option<Value>,

@@ -6,10 +6,11 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use vireo_qmp::{GuestAgent, GuestAgentError, ShutdownMode};
+use vireo_qmp::{FreezeError, FsFreezeStatus, GuestAgent, GuestAgentError, ShutdownMode};
 
 const BLOCKED: &str = "guest-shutdown,guest-suspend-disk,guest-suspend-ram,guest-suspend-hybrid,\
 guest-set-time,guest-file-open,guest-file-write,guest-fsfreeze-freeze,guest-fsfreeze-freeze-list,\
+guest-fsfreeze-thaw,\
 guest-set-vcpus,guest-set-memory-blocks,guest-set-user-password,guest-ssh-add-authorized-keys,\
 guest-ssh-remove-authorized-keys,guest-fstrim";
 
@@ -90,6 +91,25 @@ async fn real_qemu_ga_round_trip() {
         "{err:?}"
     );
     ga.ping().await.unwrap();
+
+    // Freezing is blocked here (it would freeze the host): a rejected freeze is reported as
+    // such, the work never runs, and no thaw is sent (a thaw, blocked too, would turn the
+    // outcome into FreezeError::Thaw).
+    assert_eq!(ga.fsfreeze_status().await.unwrap(), FsFreezeStatus::Thawed);
+    let ran = std::sync::atomic::AtomicBool::new(false);
+    let err = ga
+        .with_frozen_filesystems(Duration::from_secs(5), Duration::from_secs(5), async {
+            ran.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FreezeError::Freeze(GuestAgentError::Command { command, .. })
+            if command == "guest-fsfreeze-freeze"),
+        "{err:?}"
+    );
+    assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
 
     // A second client (e.g. after a daemon restart) resynchronises on a fresh connection.
     drop(ga);

@@ -19,6 +19,7 @@ use vireo_engine::{Engine, EngineError};
 
 pub mod misc;
 pub mod networks;
+pub mod storage;
 pub mod vms;
 pub mod ws;
 
@@ -131,6 +132,46 @@ fn query_rejection(r: QueryRejection) -> ApiError {
     )
 }
 
+/// Streams a request body into the new file `path`; an empty or broken upload removes the
+/// file and is the client's error. `what` names the expected content for the message.
+pub async fn receive_upload(
+    body: axum::body::Body,
+    path: &std::path::Path,
+    what: &str,
+) -> Result<u64, ApiError> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let write = async {
+        let mut file = tokio::fs::File::create(path).await?;
+        let mut stream = body.into_data_stream();
+        let mut total: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            total += chunk.len() as u64;
+            file.write_all(&chunk).await?;
+        }
+        file.flush().await?;
+        Ok::<u64, std::io::Error>(total)
+    };
+    match write.await {
+        Ok(0) => {
+            let _ = tokio::fs::remove_file(path).await;
+            Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("the request body must be {what} (it is empty)"),
+            ))
+        }
+        Ok(n) => Ok(n),
+        Err(e) => {
+            let _ = tokio::fs::remove_file(path).await;
+            Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("receiving the upload failed: {e}"),
+            ))
+        }
+    }
+}
+
 /// Validated path parameter `{name}`.
 pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
     vireo_types::Name::new(s).map_err(|e| {
@@ -159,9 +200,12 @@ pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
         networks::list_networks, networks::create_network, networks::get_network,
         networks::update_network, networks::delete_network, networks::network_leases,
         networks::list_nics, networks::add_nic, networks::update_nic, networks::remove_nic,
+        storage::list_pools, storage::create_pool, storage::get_pool, storage::delete_pool,
+        storage::list_volumes, storage::create_volume, storage::import_volume,
+        storage::get_volume, storage::delete_volume,
     ),
     components(schemas(ErrorBody, vireo_api::events::Event)),
-    tags((name = "vms"), (name = "operations"), (name = "images"), (name = "host"), (name = "projects"), (name = "tokens"), (name = "networks"))
+    tags((name = "vms"), (name = "operations"), (name = "images"), (name = "host"), (name = "projects"), (name = "tokens"), (name = "storage"), (name = "networks"))
 )]
 pub struct ApiDoc;
 
@@ -209,6 +253,26 @@ pub fn router(state: AppState) -> Router {
             get(misc::get_image).delete(misc::delete_image),
         )
         .route("/v1/host", get(misc::host))
+        .route(
+            "/v1/storage-pools",
+            get(storage::list_pools).post(storage::create_pool),
+        )
+        .route(
+            "/v1/storage-pools/{pool}",
+            get(storage::get_pool).delete(storage::delete_pool),
+        )
+        .route(
+            "/v1/storage-pools/{pool}/volumes",
+            get(storage::list_volumes).post(storage::create_volume),
+        )
+        .route(
+            "/v1/storage-pools/{pool}/volumes/import",
+            post(storage::import_volume),
+        )
+        .route(
+            "/v1/storage-pools/{pool}/volumes/{volume}",
+            get(storage::get_volume).delete(storage::delete_volume),
+        )
         .route(
             "/v1/projects",
             get(misc::list_projects).post(misc::create_project),

@@ -216,38 +216,8 @@ pub async fn import_vm(
     Requestor(who): Requestor,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    use futures::StreamExt;
-    use tokio::io::AsyncWriteExt;
     let path = s.engine.upload_path()?;
-    let write = async {
-        let mut file = tokio::fs::File::create(&path).await?;
-        let mut stream = body.into_data_stream();
-        let mut total: u64 = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(std::io::Error::other)?;
-            total += chunk.len() as u64;
-            file.write_all(&chunk).await?;
-        }
-        file.flush().await?;
-        Ok::<u64, std::io::Error>(total)
-    };
-    match write.await {
-        Ok(0) => {
-            let _ = tokio::fs::remove_file(&path).await;
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "the request body must be an OVA package (it is empty)",
-            ));
-        }
-        Ok(_) => {}
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&path).await;
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("receiving the package failed: {e}"),
-            ));
-        }
-    }
+    super::receive_upload(body, &path, "an OVA package").await?;
     let op = s
         .engine
         .import_ova(

@@ -182,6 +182,21 @@ impl Engine {
                 users.join(", ")
             )));
         }
+        let linked: Vec<String> = self
+            .inner
+            .db
+            .list_volumes(None)
+            .await?
+            .into_iter()
+            .filter(|v| v.backing_image.as_ref().is_some_and(|i| i.as_str() == name))
+            .map(|v| v.reference().to_string())
+            .collect();
+        if !linked.is_empty() {
+            return Err(EngineError::Conflict(format!(
+                "image {name:?} is the base of volumes: {}",
+                linked.join(", ")
+            )));
+        }
         let op = self
             .inner
             .ops

@@ -204,9 +204,29 @@ impl Engine {
             imported.disks.len(),
             imported.manifest
         ));
-        let (spec, networks) =
+        let (mut spec, networks) =
             spec_from_ovf(&imported.descriptor, &imported.disks, *uuid.as_bytes())
                 .map_err(|m| EngineError::invalid("file", m))?;
+        op.stage("moving the disks into the storage pool");
+        let mut volumes = Vec::new();
+        for d in spec.disks.iter_mut() {
+            let (vol, path) = self
+                .adopt_vm_volume(
+                    op,
+                    vireo_api::storage::DEFAULT_POOL,
+                    project,
+                    &name,
+                    &d.name,
+                    d.path.clone(),
+                )
+                .await?;
+            d.path = path;
+            volumes.push(crate::records::DiskVolume {
+                disk: d.name.clone(),
+                pool: vol.pool.clone(),
+                volume: vol.name.clone(),
+            });
+        }
         let record = VmRecord {
             uuid,
             name: name.clone(),
@@ -220,6 +240,7 @@ impl Engine {
             accel: None,
             node: self.inner.cfg.node.clone(),
             dir,
+            volumes,
         };
         op.journal(Cleanup::DeleteKey {
             key: records::vm_key(project, name.as_str()),

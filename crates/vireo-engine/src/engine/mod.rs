@@ -6,6 +6,7 @@ mod images;
 mod import;
 mod networks;
 mod projects;
+mod storage;
 mod vms;
 
 use std::collections::HashMap;
@@ -67,6 +68,12 @@ pub trait ImageBuilder: Send + Sync + std::fmt::Debug {
 pub const DEFAULT_VCPUS: u32 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
 
+/// A registered pool: its record and, once prepared, its driver.
+type PoolEntry = (
+    crate::records::PoolRecord,
+    Option<Arc<dyn crate::storage::PoolDriver>>,
+);
+
 #[derive(Debug)]
 struct Inner {
     cfg: EngineConfig,
@@ -79,6 +86,10 @@ struct Inner {
     vms: Mutex<HashMap<(String, String), VmHandle>>,
     /// Names of VMs whose create operation is running (reserved, not yet in `vms`).
     creating: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Storage pools by name; the driver is `None` while a pool is being registered.
+    pools: Mutex<HashMap<String, PoolEntry>>,
+    /// Serialises changes to volume records (see `engine::storage`).
+    storage_lock: tokio::sync::Mutex<()>,
     started: std::time::Instant,
     /// Managed networks, when the daemon enables them ([`Engine::attach_networks`]).
     net: std::sync::OnceLock<Arc<crate::net::NetManager>>,
@@ -144,6 +155,8 @@ impl Engine {
                 builders,
                 vms: Mutex::new(HashMap::new()),
                 creating: Mutex::new(std::collections::HashSet::new()),
+                pools: Mutex::new(HashMap::new()),
+                storage_lock: tokio::sync::Mutex::new(()),
                 started: std::time::Instant::now(),
                 net: std::sync::OnceLock::new(),
             }),
@@ -166,6 +179,7 @@ impl Engine {
                 Err(e) => return Err(e),
             }
         }
+        engine.init_pools().await?;
         let recovered = engine.inner.ops.recover().await;
         if recovered > 0 {
             tracing::warn!(

@@ -29,7 +29,7 @@ fn model_err(e: model::ModelError) -> EngineError {
     EngineError::invalid(e.field, e.message)
 }
 
-/// How long a hot-unplugged device may take to leave the guest before its backend goes.
+/// How long the guest may take to release a hot-unplugged NIC.
 const UNPLUG_WAIT: Duration = Duration::from_secs(10);
 
 impl Engine {
@@ -805,35 +805,36 @@ impl Engine {
         .await?;
         // 2. The VM record.
         let (sn, netname) = (spec_nic.clone(), req.network.to_string());
-        let res = h
-            .update_live(move |r| {
-                r.spec.nics.push(sn);
-                r.networks.resize(r.spec.nics.len() - 1, String::new());
-                r.networks.push(netname);
-                r.spec
-                    .validate()
-                    .map_err(|e| EngineError::invalid("network", e.to_string()))
-            })
-            .await;
+        let res = update_live(&h, move |r| {
+            r.spec.nics.push(sn);
+            r.networks.resize(r.spec.nics.len() - 1, String::new());
+            r.networks.push(netname);
+            r.spec
+                .validate()
+                .map_err(|e| EngineError::invalid("network", e.to_string()))
+        })
+        .await;
         if let Err(e) = res {
             self.drop_attachment(rec.uuid, &name).await;
             return Err(e);
         }
         // 3. Hotplug.
         if let Some(m) = h.view().machine {
-            if let Err(e) = self.hotplug(&net, &m, &rec.name, rec.uuid, &a).await {
+            if let Err(e) = self
+                .hotplug(&net, &m, &rec.name, rec.uuid, &a, &spec_nic)
+                .await
+            {
                 let n2 = name.clone();
-                let _ = h
-                    .update_live(move |r| {
-                        if let Some(i) = r.spec.nics.iter().position(|x| x.name == n2) {
-                            r.spec.nics.remove(i);
-                            if i < r.networks.len() {
-                                r.networks.remove(i);
-                            }
+                let _ = update_live(&h, move |r| {
+                    if let Some(i) = r.spec.nics.iter().position(|x| x.name == n2) {
+                        r.spec.nics.remove(i);
+                        if i < r.networks.len() {
+                            r.networks.remove(i);
                         }
-                        Ok(())
-                    })
-                    .await;
+                    }
+                    Ok(())
+                })
+                .await;
                 self.drop_attachment(rec.uuid, &name).await;
                 return Err(e);
             }
@@ -856,37 +857,16 @@ impl Engine {
         vm: &Name,
         uuid: Uuid,
         a: &NicAttachment,
+        spec_nic: &NicSpec,
     ) -> Result<()> {
-        let bus = free_hotplug_port(m).await?;
         net.plug_hot(uuid, vm, a).await?;
-        let ids = vireo_qemu::argv::nic_ids(&a.nic);
-        let netdev = serde_json::json!({
-            "type": "tap", "id": ids.netdev, "ifname": a.tap, "script": "no", "downscript": "no",
-        });
         let hv_err = |e: crate::hv::HvError| {
             EngineError::Unavailable(format!("hot-plugging NIC {}: {e}", a.nic))
         };
         let res = async {
-            m.monitor("netdev_add", Some(netdev))
-                .await
-                .map_err(hv_err)?;
-            let dev = serde_json::json!({
-                "driver": "virtio-net-pci", "id": ids.device, "netdev": ids.netdev,
-                "mac": a.mac.to_string(), "bus": bus,
-            });
-            if let Err(e) = m.monitor("device_add", Some(dev)).await {
-                let _ = m
-                    .monitor("netdev_del", Some(serde_json::json!({"id": ids.netdev})))
-                    .await;
-                return Err(hv_err(e));
-            }
+            m.hotplug_nic(spec_nic).await.map_err(hv_err)?;
             if !a.link_up {
-                m.monitor(
-                    "set_link",
-                    Some(serde_json::json!({"name": ids.device, "up": false})),
-                )
-                .await
-                .map_err(hv_err)?;
+                m.set_nic_link(&a.nic, false).await.map_err(hv_err)?;
             }
             Ok(())
         }
@@ -946,25 +926,9 @@ impl Engine {
         }
         let spec_nic = rec.spec.nics[idx].clone();
         if let Some(m) = view.machine {
-            let ids = vireo_qemu::argv::nic_ids(&spec_nic.name);
-            let hv_err = |e: crate::hv::HvError| {
-                EngineError::Unavailable(format!("hot-unplugging NIC {nic}: {e}"))
-            };
-            m.monitor("device_del", Some(serde_json::json!({"id": ids.device})))
+            m.unplug_nic(&spec_nic.name, UNPLUG_WAIT)
                 .await
-                .map_err(hv_err)?;
-            // The guest acknowledges the unplug asynchronously; the netdev goes once the
-            // device is gone (or after UNPLUG_WAIT, when QEMU detaches it anyway).
-            let deadline = tokio::time::Instant::now() + UNPLUG_WAIT;
-            while tokio::time::Instant::now() < deadline && device_present(&m, &ids.device).await {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            if let Err(e) = m
-                .monitor("netdev_del", Some(serde_json::json!({"id": ids.netdev})))
-                .await
-            {
-                tracing::warn!(vm, nic, error = %e, "netdev_del after unplug failed");
-            }
+                .map_err(|e| EngineError::Unavailable(format!("hot-unplugging NIC {nic}: {e}")))?;
             if let (Some(net), NicBackend::Tap { ifname }) =
                 (self.inner.net.get(), &spec_nic.backend)
             {
@@ -972,7 +936,7 @@ impl Engine {
             }
         }
         let n2 = spec_nic.name.clone();
-        h.update_live(move |r| {
+        update_live(&h, move |r| {
             if let Some(i) = r.spec.nics.iter().position(|x| x.name == n2) {
                 r.spec.nics.remove(i);
                 if i < r.networks.len() {
@@ -1027,13 +991,9 @@ impl Engine {
         }
         let a = a.clone();
         if let (Some(m), Some(up)) = (&view.machine, req.link_up) {
-            let ids = vireo_qemu::argv::nic_ids(&a.nic);
-            m.monitor(
-                "set_link",
-                Some(serde_json::json!({"name": ids.device, "up": up})),
-            )
-            .await
-            .map_err(|e| EngineError::Unavailable(format!("setting link of NIC {nic}: {e}")))?;
+            m.set_nic_link(&a.nic, up)
+                .await
+                .map_err(|e| EngineError::Unavailable(format!("setting link of NIC {nic}: {e}")))?;
         }
         let key = nics_key(rec.uuid);
         net.change(async |db: &crate::db::Db| db.put_json(&key, &vn).await.map(drop))
@@ -1075,50 +1035,6 @@ impl Engine {
         }
         s
     }
-}
-
-/// A PCIe root port with nothing behind it (QEMU's q35 root bus itself takes no hotplug).
-async fn free_hotplug_port(m: &Arc<dyn crate::hv::Machine>) -> Result<String> {
-    let pci = m
-        .monitor("query-pci", None)
-        .await
-        .map_err(|e| EngineError::Unavailable(format!("query-pci: {e}")))?;
-    let mut free = None;
-    for bus in pci.as_array().into_iter().flatten() {
-        for dev in bus["devices"].as_array().into_iter().flatten() {
-            let id = dev["qdev_id"].as_str().unwrap_or("");
-            let bridge = &dev["pci_bridge"];
-            if !id.is_empty()
-                && bridge.is_object()
-                && bridge["devices"].as_array().is_some_and(|d| d.is_empty())
-            {
-                free = Some(id.to_string());
-                break;
-            }
-        }
-        if free.is_some() {
-            break;
-        }
-    }
-    free.ok_or_else(|| {
-        EngineError::Conflict("the VM has no free PCIe hotplug port; stop it to add the NIC".into())
-    })
-}
-
-/// Whether QEMU still has device `id` (the guest has not released it yet).
-async fn device_present(m: &Arc<dyn crate::hv::Machine>, id: &str) -> bool {
-    let Ok(pci) = m.monitor("query-pci", None).await else {
-        return false;
-    };
-    fn walk(v: &serde_json::Value, id: &str) -> bool {
-        v.as_array().into_iter().flatten().any(|dev| {
-            dev["qdev_id"].as_str() == Some(id) || walk(&dev["pci_bridge"]["devices"], id)
-        })
-    }
-    pci.as_array()
-        .into_iter()
-        .flatten()
-        .any(|bus| walk(&bus["devices"], id))
 }
 
 impl Engine {
@@ -1170,4 +1086,19 @@ impl Engine {
             a,
         ))
     }
+}
+
+/// Changes a VM's record in any state, through the actor (NIC changes are made to the running
+/// QEMU first, then recorded).
+async fn update_live(
+    h: &crate::actor::VmHandle,
+    f: impl FnOnce(&mut crate::records::VmRecord) -> Result<()> + Send + 'static,
+) -> Result<()> {
+    h.exclusive(Box::new(move |mut rec, _machine| {
+        Box::pin(async move {
+            f(&mut rec)?;
+            Ok(Some(rec))
+        })
+    }))
+    .await
 }

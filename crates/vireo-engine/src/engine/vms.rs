@@ -20,7 +20,7 @@ use crate::actor::{self, ActionOpts, VmHandle};
 use crate::console::Console;
 use crate::error::{chain, EngineError, Result};
 use crate::ops::{Cleanup, OpHandle};
-use crate::records::{self, ImageFiles, VmRecord};
+use crate::records::{self, DiskVolume, ImageFiles, VmRecord};
 
 impl Engine {
     pub async fn list_vms(&self, project: Option<&Name>) -> Result<Vec<VmInfo>> {
@@ -120,6 +120,17 @@ impl Engine {
             .ok_or_else(|| {
                 EngineError::invalid("image", format!("image {:?} not found", req.image.as_str()))
             })?;
+        let pool = req
+            .pool
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| vireo_api::storage::DEFAULT_POOL.to_string());
+        if self.pool(&pool).is_err() {
+            return Err(EngineError::invalid(
+                "pool",
+                format!("storage pool {pool:?} not found"),
+            ));
+        }
         let uuid = Uuid::now_v7();
         let dir = vm_dir(&self.inner.cfg.state_dir, uuid);
         let networks: Vec<Name> = match &req.networks {
@@ -297,6 +308,7 @@ impl Engine {
             accel: None,
             node: self.inner.cfg.node.clone(),
             dir: dir.clone(),
+            volumes: vec![],
         };
         self.save_vm_nics(uuid, &p, &req.name, managed).await?;
         let op = self
@@ -308,13 +320,13 @@ impl Engine {
         let start = req.start;
         let requestor = requestor.to_string();
         let backing = match &image.files {
-            ImageFiles::Disk { path } => Some(path.clone()),
+            ImageFiles::Disk { path } => Some((path.clone(), None, Some(req.image.clone()))),
             ImageFiles::Kernel { .. } => None,
         };
         let op2 = op.clone();
         tokio::spawn(async move {
             let res = engine
-                .create_vm_work(&op2, record, backing, disk_bytes, start, &requestor)
+                .create_vm_work(&op2, record, &pool, backing, disk_bytes, start, &requestor)
                 .await;
             drop(reservation);
             match res {
@@ -328,11 +340,13 @@ impl Engine {
         Ok(op.snapshot().unwrap_or_else(|| unreachable_op(op.id)))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn create_vm_work(
         &self,
         op: &OpHandle,
-        record: VmRecord,
-        backing: Option<PathBuf>,
+        mut record: VmRecord,
+        pool: &str,
+        backing: Option<(PathBuf, Option<vireo_api::storage::VolumeRef>, Option<Name>)>,
         disk_bytes: u64,
         start: bool,
         requestor: &str,
@@ -345,20 +359,24 @@ impl Engine {
         std::fs::create_dir_all(&record.dir)
             .map_err(|e| EngineError::internal(format!("creating {}", record.dir.display()), e))?;
         restrict_dir(&record.dir);
-        for d in &record.spec.disks {
-            let path = d.path.clone();
-            let backing = backing.clone();
-            tokio::task::spawn_blocking(move || {
-                vireo_image::ops::create(
-                    &path,
-                    vireo_image::Format::Qcow2,
+        for d in record.spec.disks.iter_mut() {
+            let (vol, path) = self
+                .new_vm_volume(
+                    op,
+                    pool,
+                    record.project.as_str(),
+                    &record.name,
+                    &d.name,
                     disk_bytes,
-                    backing.as_deref(),
+                    backing.clone(),
                 )
-            })
-            .await
-            .map_err(|e| EngineError::internal("creating a disk", e))?
-            .map_err(|e| EngineError::internal(format!("creating disk {}", d.path.display()), e))?;
+                .await?;
+            d.path = path;
+            record.volumes.push(DiskVolume {
+                disk: d.name.clone(),
+                pool: vol.pool.clone(),
+                volume: vol.name.clone(),
+            });
         }
         op.stage("recording the VM");
         let key = records::vm_key(record.project.as_str(), record.name.as_str());
@@ -489,6 +507,9 @@ impl Engine {
                 engine.inner.db.delete_vm(&project, &name).await?;
                 engine.lock_vms().remove(&(project.clone(), name.clone()));
                 engine.forget_vm_nics(rec.uuid).await;
+                if let Err(e) = engine.release_vm_volumes(&project, &name).await {
+                    tracing::warn!(vm = %name, error = %chain(&e), "releasing the VM's volumes failed");
+                }
                 if let Err(e) = tokio::fs::remove_dir_all(&rec.dir).await {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         tracing::warn!(dir = %rec.dir.display(), error = %e, "removing VM directory failed");

@@ -60,6 +60,10 @@ pub struct ConvertOptions {
     /// Flush the output to stable storage before renaming it into place. `qemu-img convert`
     /// does not (its target cache mode is "unsafe"); the library default is to sync.
     pub sync: bool,
+    /// Read this internal snapshot of a qcow2 source instead of its active layer (`qemu-img
+    /// convert -l snapshot.name=NAME`): its content and disk size, over the image's backing
+    /// chain. Other source formats are refused.
+    pub source_snapshot: Option<String>,
 }
 
 impl ConvertOptions {
@@ -76,6 +80,7 @@ impl ConvertOptions {
             limits: Limits::default(),
             policy: PathPolicy::default(),
             sync: true,
+            source_snapshot: None,
         }
     }
 }
@@ -117,7 +122,12 @@ pub fn convert_with(
             opts.format
         )));
     }
-    let source = crate::detect::open(src, &opts.limits, &opts.policy)?;
+    let source = super::open_source(
+        src,
+        opts.source_snapshot.as_deref(),
+        &opts.limits,
+        &opts.policy,
+    )?;
     let target = TempTarget::new(dst)?;
     let mut spec = opts.spec.clone();
     spec.qcow2.compress = opts.compress;

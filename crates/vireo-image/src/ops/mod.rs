@@ -1,5 +1,5 @@
 //! Image operations built on the format readers and writers: `create`, `info`, `convert`,
-//! `check`, `compare`, `map` (the `qemu-img` verbs Vireo needs, without QEMU).
+//! `check`, `compare`, `map`, `resize` (the `qemu-img` verbs Vireo needs, without QEMU).
 //!
 //! Invariants:
 //! - operations that produce a file write it to a temporary file in the destination directory
@@ -13,12 +13,14 @@ mod compare;
 mod convert;
 mod info;
 mod map;
+mod resize;
 
 pub use check::{check, repair, CheckOutcome};
 pub use compare::{compare, compare_sources, CompareOutcome};
 pub use convert::{convert, convert_with, copy, ConvertOptions, CopyStats, Progress, CHUNK};
 pub use info::{info, FormatSpecific, ImageInfo, Qcow2Specific};
 pub use map::{map, map_source, MapEntry};
+pub use resize::{resize, ResizeError};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +94,31 @@ impl Drop for TempTarget {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Opens an image by content for reading, or with `snapshot`, the internal snapshot of that
+/// name of a qcow2 image (a read-only view: see [`crate::qcow2::open_snapshot`]). An unknown
+/// snapshot name is an [`ImageError::InvalidArgument`] naming it.
+pub fn open_source(
+    path: &Path,
+    snapshot: Option<&str>,
+    limits: &Limits,
+    policy: &PathPolicy,
+) -> Result<Box<dyn crate::device::BlockSource>, ImageError> {
+    let Some(name) = snapshot else {
+        return crate::detect::open(path, limits, policy);
+    };
+    let format = crate::detect::detect_format(path)?;
+    if format != Format::Qcow2 {
+        return Err(ImageError::InvalidArgument(format!(
+            "{} is a {format} image; only qcow2 images have internal snapshots",
+            path.display()
+        )));
+    }
+    crate::qcow2::open_snapshot(path, name, limits, policy).map_err(|e| match e {
+        crate::qcow2::SnapshotError::Image { source, .. } => source,
+        other => ImageError::InvalidArgument(other.to_string()),
+    })
 }
 
 /// What to create.

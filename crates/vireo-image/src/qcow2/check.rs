@@ -16,8 +16,7 @@ use std::path::Path;
 
 use super::header::Header;
 use super::reader::{
-    decode_l1_entry, decode_l2_entry, pread_fill, read_snapshots, read_table, Mapping, OFFSET_MASK,
-    OFLAG_COPIED,
+    decode_l1_entry, decode_l2_entry, pread_fill, read_table, Mapping, OFFSET_MASK, OFLAG_COPIED,
 };
 use super::writer::{get_refcount, set_refcount};
 use crate::device::Limits;
@@ -187,15 +186,12 @@ pub(crate) fn walk_references(
     *l1_tables
         .entry((header.l1_table_offset, header.l1_size))
         .or_default() += 1;
-    match read_snapshots(file, path, header, file_len, limits) {
-        Ok(snaps) => {
+    match super::snapshot::read_raw_table(file, path, header, limits) {
+        Ok((snaps, table_len)) => {
             for s in &snaps {
                 *l1_tables.entry((s.l1_table_offset, s.l1_size)).or_default() += 1;
             }
-            if header.nb_snapshots > 0 {
-                let table_len = snapshot_table_len(file, path, header)?;
-                ck.reference(header.snapshots_offset, table_len, 1, "snapshot table");
-            }
+            ck.reference(header.snapshots_offset, table_len, 1, "snapshot table");
         }
         Err(e) => {
             ck.report.corruption(format!("ERROR snapshot table: {e}"));
@@ -455,22 +451,6 @@ pub fn check(path: &Path, limits: &Limits) -> Result<CheckReport, ImageError> {
     ck.report.fragmented_clusters = Some(fragmented);
     ck.report.compressed_clusters = Some(compressed);
     Ok(ck.report)
-}
-
-/// Byte length of the snapshot table as stored (sum of padded entry sizes).
-fn snapshot_table_len(file: &File, path: &Path, header: &Header) -> Result<u64, ImageError> {
-    let mut pos = header.snapshots_offset;
-    for _ in 0..header.nb_snapshots {
-        let mut fixed = [0u8; 40];
-        pread_fill(file, &mut fixed, pos, path)?;
-        let id_len = u64::from(u16::from_be_bytes([fixed[12], fixed[13]]));
-        let name_len = u64::from(u16::from_be_bytes([fixed[14], fixed[15]]));
-        let extra = u64::from(u32::from_be_bytes([
-            fixed[36], fixed[37], fixed[38], fixed[39],
-        ]));
-        pos += (40 + extra + id_len + name_len).next_multiple_of(8);
-    }
-    Ok(pos - header.snapshots_offset)
 }
 
 /// References the bitmap directory, bitmap tables and bitmap data clusters.

@@ -35,9 +35,6 @@ const L2_STD_RESERVED: u64 = 0x3f00_0000_0000_01fe;
 
 /// Upper bound on the bytes of L2 tables one open image keeps cached.
 const L2_CACHE_BYTES: u64 = 8 << 20;
-/// Upper bound on the snapshot table size and count (qemu's own limits).
-const MAX_SNAPSHOTS: u32 = 65536;
-const MAX_SNAPSHOT_EXTRA: u32 = 1024;
 
 fn corrupt(detail: impl Into<String>) -> ImageError {
     ImageError::Corrupt {
@@ -209,101 +206,30 @@ pub(crate) fn read_table(
         .collect())
 }
 
-/// Reads and validates the snapshot table.
+/// Reads and validates the snapshot table (see [`super::snapshot`] for the rules).
 pub(crate) fn read_snapshots(
     file: &File,
     path: &Path,
     header: &Header,
-    file_len: u64,
     limits: &Limits,
 ) -> Result<Vec<Snapshot>, ImageError> {
-    let n = header.nb_snapshots;
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    if n > MAX_SNAPSHOTS {
-        return Err(corrupt(format!(
-            "{n} snapshots exceed the limit of {MAX_SNAPSHOTS}"
-        )));
-    }
-    if header.snapshots_offset == 0 || header.snapshots_offset >= file_len {
-        return Err(corrupt("snapshot table offset is invalid"));
-    }
-    let mut out = Vec::with_capacity(n.min(1024) as usize);
-    let mut pos = header.snapshots_offset;
-    let mut total = 0u64;
-    for i in 0..n {
-        let mut fixed = [0u8; 40];
-        pread_fill(file, &mut fixed, pos, path)?;
-        let be32 =
-            |a: usize| u32::from_be_bytes([fixed[a], fixed[a + 1], fixed[a + 2], fixed[a + 3]]);
-        let be64 = |a: usize| (u64::from(be32(a)) << 32) | u64::from(be32(a + 4));
-        let be16 = |a: usize| u16::from_be_bytes([fixed[a], fixed[a + 1]]);
-        let l1_table_offset = be64(0);
-        let l1_size = be32(8);
-        let id_len = u64::from(be16(12));
-        let name_len = u64::from(be16(14));
-        let extra_len = be32(36);
-        if extra_len > MAX_SNAPSHOT_EXTRA {
-            return Err(corrupt(format!(
-                "snapshot {i} has {extra_len} bytes of extra data"
-            )));
-        }
-        let var_len = u64::from(extra_len) + id_len + name_len;
-        let entry_len = (40 + var_len).next_multiple_of(8);
-        total += entry_len;
-        if total > limits.max_table_bytes {
-            return Err(ImageError::LimitExceeded {
-                what: "qcow2 snapshot table",
-                requested: total,
-                limit: limits.max_table_bytes,
-            });
-        }
-        // The last entry's padding may lie past EOF; its bytes may not.
-        if pos.saturating_add(40 + var_len) > file_len {
-            return Err(corrupt(format!("snapshot {i} entry is past end of file")));
-        }
-        let mut var = vec![0u8; var_len as usize];
-        pread_fill(file, &mut var, pos + 40, path)?;
-        let extra = &var[..extra_len as usize];
-        let ex64 = |a: usize| -> Option<u64> {
-            extra
-                .get(a..a + 8)
-                .map(|s| u64::from_be_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]))
-        };
-        let vm_state_size = ex64(0).unwrap_or(u64::from(be32(32)));
-        let id_end = extra_len as usize + id_len as usize;
-        let id = String::from_utf8_lossy(&var[extra_len as usize..id_end]).into_owned();
-        let name = String::from_utf8_lossy(&var[id_end..]).into_owned();
-        if l1_table_offset % header.cluster_size() != 0 {
-            return Err(corrupt(format!(
-                "snapshot {id:?} L1 table is not cluster-aligned"
-            )));
-        }
-        if u64::from(l1_size) * 8 > limits.max_table_bytes {
-            return Err(ImageError::LimitExceeded {
-                what: "qcow2 snapshot L1 table",
-                requested: u64::from(l1_size) * 8,
-                limit: limits.max_table_bytes,
-            });
-        }
-        let vm_clock = be64(24);
-        out.push(Snapshot {
-            id,
-            name,
-            l1_table_offset,
-            l1_size,
-            vm_state_size,
-            date_sec: be32(16),
-            date_nsec: be32(20),
-            vm_clock_sec: vm_clock / 1_000_000_000,
-            vm_clock_nsec: vm_clock % 1_000_000_000,
-            icount: ex64(16).filter(|v| *v != u64::MAX),
-            disk_size: ex64(8),
-        });
-        pos += entry_len;
-    }
-    Ok(out)
+    let (raw, _) = super::snapshot::read_raw_table(file, path, header, limits)?;
+    Ok(raw
+        .iter()
+        .map(|r| Snapshot {
+            id: String::from_utf8_lossy(&r.id).into_owned(),
+            name: String::from_utf8_lossy(&r.name).into_owned(),
+            l1_table_offset: r.l1_table_offset,
+            l1_size: r.l1_size,
+            vm_state_size: r.vm_state_size(),
+            date_sec: r.date_sec,
+            date_nsec: r.date_nsec,
+            vm_clock_sec: r.vm_clock_nsec / 1_000_000_000,
+            vm_clock_nsec: r.vm_clock_nsec % 1_000_000_000,
+            icount: r.icount(),
+            disk_size: r.disk_size(),
+        })
+        .collect())
 }
 
 /// Byte-bounded cache of decoded L2 tables keyed by host offset (FIFO eviction: converters
@@ -380,7 +306,7 @@ impl Qcow2Image {
         for &e in &l1 {
             decode_l1_entry(e, cluster_bits, file_len)?;
         }
-        let snapshots = read_snapshots(&file, path, &header, file_len, limits)?;
+        let snapshots = read_snapshots(&file, path, &header, limits)?;
         let capacity = (L2_CACHE_BYTES >> cluster_bits).max(4) as usize;
 
         let (backing, backing_path) = match &header.backing_file {
@@ -692,6 +618,53 @@ impl Qcow2Image {
     /// Length of the image file in bytes.
     pub fn file_len(&self) -> u64 {
         self.file_len
+    }
+
+    /// This image seen through another L1 table (an internal snapshot's) with that
+    /// snapshot's disk size: a read-only view sharing the file and backing chain. The table
+    /// is bounded by `limits` and every entry is validated like the active table's.
+    pub(crate) fn into_snapshot_view(
+        mut self,
+        l1_table_offset: u64,
+        l1_size: u32,
+        size: u64,
+        limits: &Limits,
+    ) -> Result<Qcow2Image, ImageError> {
+        if size > limits.max_virtual_size {
+            return Err(ImageError::LimitExceeded {
+                what: "qcow2 snapshot disk size",
+                requested: size,
+                limit: limits.max_virtual_size,
+            });
+        }
+        let needed = super::header::l1_entries_for(size, self.header.cluster_bits);
+        if u64::from(l1_size) < needed {
+            return Err(corrupt(format!(
+                "snapshot L1 table has {l1_size} entries but its disk size needs {needed}"
+            )));
+        }
+        let l1_bytes = u64::from(l1_size) * 8;
+        if l1_size > 0 && l1_table_offset.saturating_add(l1_bytes) > self.file_len {
+            return Err(corrupt("snapshot L1 table is past end of file"));
+        }
+        let l1 = read_table(
+            &self.file,
+            &self.path,
+            l1_table_offset,
+            u64::from(l1_size),
+            limits,
+            "qcow2 snapshot L1 table",
+        )?;
+        for &e in &l1 {
+            decode_l1_entry(e, self.header.cluster_bits, self.file_len)?;
+        }
+        self.l1 = l1;
+        self.header.size = size;
+        self.header.l1_size = l1_size;
+        self.header.l1_table_offset = l1_table_offset;
+        self.lock_cache().tables.clear();
+        self.lock_cache().order.clear();
+        Ok(self)
     }
 }
 

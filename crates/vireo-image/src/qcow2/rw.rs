@@ -137,21 +137,21 @@ pub fn open_rw(
     })
 }
 
-fn file_len(file: &File, path: &Path) -> Result<u64, ImageError> {
+pub(crate) fn file_len(file: &File, path: &Path) -> Result<u64, ImageError> {
     Ok(file
         .metadata()
         .map_err(|e| ImageError::io(format!("reading metadata of {}", path.display()), e))?
         .len())
 }
 
-fn read_header(file: &File, path: &Path, limits: &Limits) -> Result<Header, ImageError> {
+pub(crate) fn read_header(file: &File, path: &Path, limits: &Limits) -> Result<Header, ImageError> {
     let len = file_len(file, path)?;
     let mut head = vec![0u8; (2u64 << 20).min(len) as usize];
     pread_fill(file, &mut head, 0, path)?;
     Header::parse(&head, limits)
 }
 
-fn sync(file: &File, path: &Path) -> Result<(), ImageError> {
+pub(crate) fn sync(file: &File, path: &Path) -> Result<(), ImageError> {
     file.sync_data()
         .map_err(|e| ImageError::io(format!("syncing {}", path.display()), e))
 }

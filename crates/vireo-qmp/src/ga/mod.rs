@@ -22,7 +22,10 @@
 //! the client that serialises calls, enforces timeouts and reconnects.
 
 mod channel;
+mod freeze;
 mod types;
+
+pub use freeze::{FreezeError, FsFreezeStatus};
 
 pub use types::{
     ExecRequest, ExecStatus, GuestCommandInfo, GuestInfo, GuestIpAddress, GuestIpAddressType,
