@@ -453,6 +453,26 @@ fn real_net_managed_networks_end_to_end() {
         assert!(!ok, "VLAN 10 reached VLAN 20: {out}");
     }
 
+    // Daemon restart (SIGKILL): VMs keep running, the new daemon re-attaches them, replaces
+    // the old dnsmasq and Open vSwitch processes and re-applies links and rules.
+    let mut d = d;
+    d.restart().unwrap();
+    let (_, rules) = lab.snapshot();
+    assert!(
+        rules.contains("table inet vireo") && rules.contains("masquerade"),
+        "{rules}"
+    );
+    eventually(
+        "networking after a daemon restart",
+        Duration::from_secs(30),
+        || exec(&d, "a", "ping -c 1 -W 5 b && ping -c 1 -W 5 192.0.2.1"),
+    );
+    if ovs_ok {
+        eventually("VLAN 10 after restart", Duration::from_secs(20), || {
+            exec(&d, "a", "ping -c 1 -W 2 10.77.0.2")
+        });
+    }
+
     // Deleting the VMs frees the networks; deleting a network removes its bridge.
     for vm in ["a", "b", "c"] {
         d.ok(&["vm", "kill", vm]);

@@ -101,7 +101,7 @@ impl Engine {
             }
             self.inner.db.put_json(DEFAULT_CREATED_KEY, &true).await?;
         }
-        net.apply().await
+        net.finish_startup().await
     }
 
     async fn network_info(&self, n: NetworkRecord, revision: u64) -> Result<NetworkInfo> {

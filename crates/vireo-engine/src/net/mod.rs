@@ -69,6 +69,10 @@ struct Live {
     rules_text: Option<String>,
     /// dnsmasq config text currently running, per network.
     dnsmasq: BTreeMap<String, String>,
+    /// Set by [`NetManager::finish_startup`]. Until then running VMs are still being
+    /// re-attached one by one, so taps not registered yet are kept, not removed as leftovers
+    /// (removing a tap under a running QEMU would cut it off for good).
+    started: bool,
 }
 
 /// A tap that exists, owned by one QEMU instance of one VM.
@@ -190,6 +194,14 @@ impl NetManager {
         Ok(out)
     }
 
+    /// Ends the start-up phase (every surviving VM is re-attached) and applies: from now on
+    /// Vireo-named links nobody wants are removed.
+    pub async fn finish_startup(&self) -> Result<()> {
+        let mut live = self.live.lock().await;
+        live.started = true;
+        self.apply_locked(&mut live).await
+    }
+
     /// Re-applies the whole desired state (daemon start, periodic drift repair).
     pub async fn apply(&self) -> Result<()> {
         let mut live = self.live.lock().await;
@@ -258,6 +270,7 @@ impl NetManager {
             &self.cfg.dnsmasq_user,
         )
         .map_err(|e| host_err("computing the desired network state", e))?;
+        let keep_unregistered_taps = !live.started;
         let ovs_keep: Vec<String> = desired
             .ovs
             .iter()
@@ -271,7 +284,17 @@ impl NetManager {
             let d = desired.clone();
             let ovs = self.ovs.clone();
             blocking("applying links", move || {
-                let keep: Vec<&str> = ovs_keep.iter().map(String::as_str).collect();
+                let mut keep: Vec<String> = ovs_keep;
+                if keep_unregistered_taps {
+                    keep.extend(
+                        vireo_net::host::owned_links(&*host)
+                            .map_err(|e| host_err("listing links", e))?
+                            .into_iter()
+                            .map(|l| l.name)
+                            .filter(|n| n.starts_with(vireo_net::addr::TAP_PREFIX)),
+                    );
+                }
+                let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
                 let report = reconcile_links_keeping(&*host, &d.bridges, &d.taps, &keep)
                     .map_err(|e| host_err("reconciling bridges and taps", e))?;
                 if !report.created.is_empty() || !report.removed.is_empty() {
