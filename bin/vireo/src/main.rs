@@ -16,6 +16,7 @@ mod output;
 mod progress;
 mod storage;
 mod vm;
+mod vm_storage;
 
 use std::io::Write;
 use std::path::PathBuf;

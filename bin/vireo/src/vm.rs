@@ -93,14 +93,39 @@ pub enum VmCmd {
     Exec(ExecArgs),
     /// Change a stopped VM's vCPUs or memory.
     Edit(EditArgs),
+    /// Snapshots of a VM's disks (and memory).
+    #[command(subcommand)]
+    Snapshot(crate::vm_storage::SnapshotCmd),
+    /// Make a new VM from a stopped VM, a template or a snapshot (linked or full).
+    Clone(crate::vm_storage::CloneArgs),
+    /// Turn a stopped VM into an immutable template for linked clones.
+    Template { name: Name },
+    /// Attach or detach custom volumes.
+    #[command(subcommand)]
+    Disk(crate::vm_storage::DiskCmd),
 }
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    pub name: Name,
+    /// Name of the VM (with --count: use --prefix instead).
+    #[arg(required_unless_present = "prefix")]
+    pub name: Option<Name>,
     /// Image to create the VM from (e.g. tiny).
+    #[arg(
+        long,
+        required_unless_present = "template",
+        conflicts_with = "template"
+    )]
+    pub image: Option<Name>,
+    /// Template to make a linked clone of (see `vireo vm template`).
     #[arg(long)]
-    pub image: Name,
+    pub template: Option<Name>,
+    /// Create this many VMs from the template at once, named PREFIX1, PREFIX2, …
+    #[arg(long, requires_all = ["template", "prefix"])]
+    pub count: Option<u32>,
+    /// Name prefix of the VMs made with --count.
+    #[arg(long, requires = "count", conflicts_with = "name")]
+    pub prefix: Option<Name>,
     /// Virtual CPUs [default: 1]
     #[arg(long)]
     pub vcpus: Option<u32>,
@@ -148,9 +173,16 @@ impl CreateArgs {
         } else {
             Some(self.networks.clone())
         };
+        let name = self
+            .prefix
+            .clone()
+            .or_else(|| self.name.clone())
+            .context("a VM name (or --prefix with --count) is required")?;
         Ok(CreateVmRequest {
-            name: self.name.clone(),
+            name,
             image: self.image.clone(),
+            template: self.template.clone(),
+            count: self.count,
             vcpus: self.vcpus,
             memory_mib: self.memory,
             disk_mib: self.disk,
@@ -252,6 +284,10 @@ pub async fn run(global: &GlobalArgs, cmd: VmCmd) -> anyhow::Result<u8> {
     match cmd {
         VmCmd::Create(args) => create(&client, format, args).await,
         VmCmd::Nic(cmd) => crate::network::nic(global, cmd).await,
+        VmCmd::Snapshot(cmd) => crate::vm_storage::snapshot(&client, format, cmd).await,
+        VmCmd::Clone(args) => crate::vm_storage::clone(&client, format, args).await,
+        VmCmd::Template { name } => crate::vm_storage::template(&client, format, name).await,
+        VmCmd::Disk(cmd) => crate::vm_storage::disk(&client, format, cmd).await,
         VmCmd::List { state } => {
             let mut vms = client.list_vms().await.context("cannot list VMs")?;
             if let Some(state) = state {
@@ -370,8 +406,11 @@ async fn finish_action(
 
 async fn create(client: &Client, format: OutputFormat, args: CreateArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let name = args.name.clone();
     let request = args.request()?;
+    if let Some(count) = args.count {
+        return create_many(client, format, &args, request, count, started).await;
+    }
+    let name = request.name.clone();
     let op = client
         .create_vm(&request)
         .await
@@ -395,6 +434,46 @@ async fn create(client: &Client, format: OutputFormat, args: CreateArgs) -> anyh
             .with_context(|| format!("cannot read VM {name} back"))?
     };
     print(format, &vm)?;
+    Ok(0)
+}
+
+/// `vm create --template T --count N --prefix P`: one operation, then (with --start --wait)
+/// every guest ready.
+async fn create_many(
+    client: &Client,
+    format: OutputFormat,
+    args: &CreateArgs,
+    request: CreateVmRequest,
+    count: u32,
+    started: Instant,
+) -> anyhow::Result<u8> {
+    let prefix = request.name.clone();
+    let what = || format!("cannot create VMs {prefix}1..{prefix}{count}");
+    let op = client.create_vm(&request).await.with_context(what)?;
+    if args.no_wait {
+        print(format, &op)?;
+        return Ok(0);
+    }
+    progress::wait_operation(client, &op, args.timeout)
+        .await
+        .with_context(what)?;
+    let mut vms = Vec::new();
+    for i in 1..=count {
+        let name = format!("{prefix}{i}");
+        let vm = if args.start && args.wait {
+            let remaining = args.timeout.saturating_sub(started.elapsed());
+            progress::wait_guest_ready(client, &name, remaining)
+                .await
+                .with_context(|| format!("VM {name} was created but did not become ready"))?
+        } else {
+            client
+                .get_vm(&name)
+                .await
+                .with_context(|| format!("cannot read VM {name} back"))?
+        };
+        vms.push(vm);
+    }
+    print(format, vms.as_slice())?;
     Ok(0)
 }
 

@@ -209,7 +209,7 @@ async fn create_start_wait_prints_the_ready_vm() {
     assert_eq!(
         fake.created,
         vec![
-            json!({"name": "web1", "image": "tiny", "vcpus": null, "memory_mib": 512, "disk_mib": null,
+            json!({"name": "web1", "image": "tiny", "template": null, "count": null, "pool": null, "vcpus": null, "memory_mib": 512, "disk_mib": null,
                     "networks": [], "firmware": null, "kernel_args": null, "start": true})
         ]
     );

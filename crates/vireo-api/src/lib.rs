@@ -15,6 +15,7 @@ pub mod images;
 pub mod networks;
 pub mod operations;
 pub mod projects;
+pub mod snapshots;
 pub mod storage;
 pub mod tokens;
 pub mod vms;

@@ -8,13 +8,25 @@ use vireo_types::{DiskFormat, Firmware, MacAddr, Name, VmSpec, VmState};
 /// Built-in network name: QEMU user-mode NAT private to the VM (no host set-up needed).
 pub const USER_NETWORK: &str = "user";
 
+/// Most VMs one create request may make (`count`).
+pub const MAX_CREATE_COUNT: u32 = 100;
+
 /// `POST /v1/vms`
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmRequest {
+    /// Name of the VM; with `count`, the prefix of the names (`web` → `web1`, `web2`, …).
     pub name: Name,
-    /// Image to create the VM from (e.g. `tiny`).
-    pub image: Name,
+    /// Image to create the VM from (e.g. `tiny`); exactly one of `image` and `template`.
+    #[serde(default)]
+    pub image: Option<Name>,
+    /// Template (a VM made immutable with `POST /v1/vms/{name}/template`) to make a linked
+    /// clone of.
+    #[serde(default)]
+    pub template: Option<Name>,
+    /// Create this many VMs at once (1-100), in parallel, as one operation.
+    #[serde(default)]
+    pub count: Option<u32>,
     /// Default 1.
     #[serde(default)]
     pub vcpus: Option<u32>,
@@ -87,6 +99,15 @@ pub struct VmInfo {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub image: Option<Name>,
+    /// The template this VM is a linked clone of.
+    #[serde(default)]
+    pub template_source: Option<Name>,
+    /// The VM is an immutable template (it cannot start; clones are made from it).
+    #[serde(default)]
+    pub template: bool,
+    /// The snapshot the VM's current state descends from.
+    #[serde(default)]
+    pub current_snapshot: Option<Name>,
     pub created_at: DateTime<Utc>,
     /// QEMU process id while the VM has one.
     pub pid: Option<u32>,

@@ -19,6 +19,7 @@
 mod error;
 mod networks;
 pub mod remote;
+mod snapshots;
 mod storage;
 pub mod tls;
 mod transport;

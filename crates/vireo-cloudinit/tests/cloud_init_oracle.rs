@@ -1,57 +1,16 @@
-//! Seeds as real cloud-init reads them: Debian's `cloud-init` package (fetched with
-//! `apt-get download` into the test cache and extracted, never installed) parses the rendered
+//! Seeds as real cloud-init reads them: Debian's `cloud-init` package (fetched with its Python
+//! dependencies by `common::python_oracle_path`, extracted, never installed) parses the rendered
 //! user-data (MIME processing, part merging with `merge_how`), meta-data and network-config
 //! (`tests/data/cloud_init_oracle.py`). This is the check that the documented merge rules and
 //! the network-config v2 rendering mean what they say to cloud-init itself.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
 use vireo_cloudinit::{render_seed, SeedFiles, SeedInput};
-
-const PACKAGES: [&str; 2] = ["cloud-init", "python3-configobj"];
-
-/// `dist-packages` directory holding cloud-init's Python modules, fetched once per cache.
-fn cloud_init_python_path() -> PathBuf {
-    let cache = std::env::var_os("VIREO_TEST_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/vireo-test"))
-        .join("cloud-init-oracle");
-    let site = cache.join("root/usr/lib/python3/dist-packages");
-    if site.join("cloudinit/user_data.py").exists() {
-        return site;
-    }
-    std::fs::create_dir_all(&cache).unwrap();
-    let work = tempfile::tempdir_in(&cache).unwrap();
-    let out = Command::new("apt-get")
-        .arg("download")
-        .args(PACKAGES)
-        .current_dir(work.path())
-        .output()
-        .expect("apt-get (run scripts/deps.sh on a Debian host)");
-    assert!(
-        out.status.success(),
-        "apt-get download {PACKAGES:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let root = work.path().join("root");
-    for entry in std::fs::read_dir(work.path()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "deb") {
-            common::run(
-                "dpkg-deb",
-                &["-x", path.to_str().unwrap(), root.to_str().unwrap()],
-            );
-        }
-    }
-    // Another test process may have won the race; either tree is complete.
-    let _ = std::fs::rename(&root, cache.join("root"));
-    assert!(site.join("cloudinit/user_data.py").exists());
-    site
-}
 
 /// What cloud-init makes of `files` (see the Python script for the fields).
 fn cloud_init_view(files: &SeedFiles) -> Value {
@@ -75,7 +34,7 @@ fn cloud_init_view(files: &SeedFiles) -> Value {
     }
     let out = Command::new("python3")
         .args(&args)
-        .env("PYTHONPATH", cloud_init_python_path())
+        .env("PYTHONPATH", common::python_oracle_path())
         .output()
         .expect("python3");
     assert!(

@@ -1,6 +1,9 @@
-//! Generated YAML means the same to PyYAML (the YAML 1.1 parser cloud-init uses) as to us:
+//! Generated YAML means the same to PyYAML (the YAML 1.1 parser cloud-init uses; Debian's
+//! python3-yaml from `common::python_oracle_path`) as to us:
 //! thousands of arbitrary strings written with `yaml::quote` read back unchanged, including
 //! the ones YAML 1.1 would otherwise turn into booleans, numbers, nulls or dates.
+
+mod common;
 
 use std::process::{Command, Stdio};
 
@@ -80,6 +83,7 @@ fn pyyaml_reads_quoted_strings_back_unchanged() {
 
     let mut child = Command::new("python3")
         .args(["-c", SCRIPT])
+        .env("PYTHONPATH", common::python_oracle_path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

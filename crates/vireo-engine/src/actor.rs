@@ -43,6 +43,8 @@ pub struct ActionOpts {
     pub force: bool,
     pub timeout: Option<Duration>,
     pub requestor: String,
+    /// Start: launch with the vCPUs stopped (the VM is `paused` once started).
+    pub start_paused: bool,
 }
 
 /// A change to a stopped VM's record.
@@ -376,8 +378,14 @@ impl Actor {
         };
         self.last_requestor = opts.requestor.clone();
         match action {
+            VmAction::Start if record.template => {
+                let _ = reply.send(Err(EngineError::Conflict(format!(
+                    "VM {} is a template and cannot start; create a VM from it (vireo vm create NAME --template {})",
+                    record.name, record.name
+                ))));
+            }
             VmAction::Start => {
-                let res = self.start(next).await;
+                let res = self.start(next, opts.start_paused).await;
                 let _ = reply.send(res);
             }
             VmAction::Stop if !record.state.has_process() => {
@@ -414,7 +422,7 @@ impl Actor {
         }
     }
 
-    async fn start(&mut self, during: VmState) -> Result<()> {
+    async fn start(&mut self, during: VmState, start_paused: bool) -> Result<()> {
         let record = self.record();
         self.set_state(during, None).await;
         let req = LaunchRequest {
@@ -422,6 +430,8 @@ impl Actor {
             name: record.name.to_string(),
             spec: record.spec.clone(),
             run_dir: record.dir.clone(),
+            placement: record.placement.clone(),
+            start_paused,
         };
         match self.hv.launch(&req).await {
             Ok(m) => {
@@ -430,6 +440,10 @@ impl Actor {
                 r.accel = Some(self.hv.accel_name());
                 r.pid = Some(pid);
                 r.state = apply_event(during, VmEvent::Started);
+                if start_paused {
+                    // QEMU sits in prelaunch (`-S`); no STOP event will tell us.
+                    r.state = apply_event(r.state, VmEvent::CpusStopped);
+                }
                 let old = during;
                 let to = r.state;
                 if let Err(e) = self.persist(r.clone()).await {

@@ -9,7 +9,7 @@ use vireo_store::{Compare, Store, Txn, TxnOp};
 
 use crate::error::{EngineError, Result};
 use crate::ops::PersistedOp;
-use crate::records::{self, ImageRecord, PoolRecord, VmRecord, VolumeRecord};
+use crate::records::{self, ImageRecord, PoolRecord, SnapshotRecord, VmRecord, VolumeRecord};
 use vireo_api::projects::ProjectInfo;
 
 #[derive(Clone)]
@@ -225,6 +225,44 @@ impl Db {
     pub async fn list_volumes(&self, pool: Option<&str>) -> Result<Vec<VolumeRecord>> {
         Ok(self
             .list_json(&records::volume_prefix(pool))
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    // Snapshots
+    pub async fn create_snapshot(
+        &self,
+        project: &str,
+        vm: &str,
+        r: &SnapshotRecord,
+    ) -> Result<u64> {
+        self.create_json(
+            &records::snapshot_key(project, vm, r.name.as_str()),
+            r,
+            &format!("snapshot {:?} of VM {vm:?}", r.name.as_str()),
+        )
+        .await
+    }
+    pub async fn put_snapshot(&self, project: &str, vm: &str, r: &SnapshotRecord) -> Result<u64> {
+        self.put_json(&records::snapshot_key(project, vm, r.name.as_str()), r)
+            .await
+    }
+    pub async fn get_snapshot(
+        &self,
+        project: &str,
+        vm: &str,
+        name: &str,
+    ) -> Result<Option<SnapshotRecord>> {
+        Ok(self
+            .get_json(&records::snapshot_key(project, vm, name))
+            .await?
+            .map(|(r, _)| r))
+    }
+    pub async fn list_snapshots(&self, project: &str, vm: &str) -> Result<Vec<SnapshotRecord>> {
+        Ok(self
+            .list_json(&records::snapshot_prefix(project, vm))
             .await?
             .into_iter()
             .map(|(r, _)| r)

@@ -49,7 +49,12 @@ pub struct FakeHypervisor {
     machines: Mutex<HashMap<Uuid, Arc<FakeMachine>>>,
     pub behaviour: Mutex<FakeBehaviour>,
     launches: AtomicU32,
+    /// Memory snapshots outlive a machine (QEMU keeps them in the image): by (vmstate disk
+    /// file, tag), whether the CPUs ran.
+    saved_states: SavedStates,
 }
+
+type SavedStates = Arc<Mutex<HashMap<(PathBuf, String), bool>>>;
 
 impl FakeHypervisor {
     pub fn new() -> Arc<Self> {
@@ -111,7 +116,12 @@ impl Hypervisor for FakeHypervisor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let m = FakeMachine::new(pid, behaviour, req.spec.disks.clone());
+        let m = FakeMachine::new(
+            pid,
+            behaviour,
+            req.spec.disks.clone(),
+            self.saved_states.clone(),
+        );
         self.machines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -148,7 +158,7 @@ pub struct FakeMachine {
     /// would on the open images.
     disks: Mutex<Vec<DiskSpec>>,
     /// Run state saved with each memory snapshot (`true` = CPUs were running).
-    saved_states: Mutex<HashMap<String, bool>>,
+    saved_states: SavedStates,
     /// Filesystems frozen through the "agent".
     frozen: AtomicBool,
     /// How many times the agent froze filesystems.
@@ -159,7 +169,12 @@ pub struct FakeMachine {
 }
 
 impl FakeMachine {
-    fn new(pid: u32, behaviour: FakeBehaviour, disks: Vec<DiskSpec>) -> Arc<Self> {
+    fn new(
+        pid: u32,
+        behaviour: FakeBehaviour,
+        disks: Vec<DiskSpec>,
+        saved_states: SavedStates,
+    ) -> Arc<Self> {
         let (events, _) = broadcast::channel(64);
         let backend = Console::create(64 * 1024);
         let console = backend.console.clone();
@@ -172,7 +187,7 @@ impl FakeMachine {
             behaviour,
             console: console.clone(),
             disks: Mutex::new(disks),
-            saved_states: Mutex::new(HashMap::new()),
+            saved_states,
             frozen: AtomicBool::new(false),
             freezes: AtomicU32::new(0),
             nic_log: Mutex::new(vec![]),
@@ -358,7 +373,11 @@ impl Machine for FakeMachine {
                 .map_err(|e| e.to_string())
         })
     }
-    async fn hotplug_disk(&self, disk: &DiskSpec) -> Result<(), HvError> {
+    async fn hotplug_disk(
+        &self,
+        disk: &DiskSpec,
+        _port: vireo_qemu::hotplug::HotplugPort,
+    ) -> Result<(), HvError> {
         self.alive()?;
         let mut disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
         if disks.iter().any(|d| d.name == disk.name) {
@@ -408,12 +427,15 @@ impl Machine for FakeMachine {
         vmstate_disk: &Name,
         disks: &[Name],
     ) -> Result<(), HvError> {
-        self.disk_path(vmstate_disk)?;
+        let vmstate = self.disk_path(vmstate_disk)?;
         self.snapshot_disks(tag, disks).await?;
         self.saved_states
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(tag.to_string(), self.cpus_running.load(Ordering::SeqCst));
+            .insert(
+                (vmstate, tag.to_string()),
+                self.cpus_running.load(Ordering::SeqCst),
+            );
         Ok(())
     }
     async fn load_snapshot(
@@ -422,12 +444,12 @@ impl Machine for FakeMachine {
         vmstate_disk: &Name,
         disks: &[Name],
     ) -> Result<(), HvError> {
-        self.disk_path(vmstate_disk)?;
+        let vmstate = self.disk_path(vmstate_disk)?;
         if !self
             .saved_states
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(tag)
+            .contains_key(&(vmstate, tag.to_string()))
         {
             return Err(HvError::Monitor {
                 command: "snapshot-load",

@@ -14,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 use uuid::Uuid;
+use vireo_qemu::hotplug::{HotplugPlacement, HotplugPort};
 use vireo_types::{DiskSpec, Name, NicSpec, VmSpec};
 
 use crate::console::Console;
@@ -26,6 +27,10 @@ pub struct LaunchRequest {
     pub spec: VmSpec,
     /// Per-VM directory for sockets, pidfile, logs, UEFI vars.
     pub run_dir: PathBuf,
+    /// Which disks/NICs sit on hotplug ports (so they can be removed while running).
+    pub placement: HotplugPlacement,
+    /// Start with the vCPUs stopped (to load a memory snapshot before any guest code runs).
+    pub start_paused: bool,
 }
 
 /// Something a running machine reports.
@@ -129,8 +134,8 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
 
     /// Grows disk `disk` to `size` bytes (QMP `block_resize`); the guest sees the new size.
     async fn block_resize(&self, disk: &Name, size: u64) -> Result<(), HvError>;
-    /// Hot-adds `disk` as a new virtio-blk device on a free hotplug port.
-    async fn hotplug_disk(&self, disk: &DiskSpec) -> Result<(), HvError>;
+    /// Hot-adds `disk` as a new virtio-blk device on hotplug port `port`.
+    async fn hotplug_disk(&self, disk: &DiskSpec, port: HotplugPort) -> Result<(), HvError>;
     /// Hot-removes disk `disk`; the guest must release the device within `timeout`.
     async fn unplug_disk(&self, disk: &Name, timeout: Duration) -> Result<(), HvError>;
     /// Takes internal snapshot `tag` of all `disks` atomically (disk state only).

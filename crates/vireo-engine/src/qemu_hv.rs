@@ -180,9 +180,15 @@ impl Hypervisor for QemuHypervisor {
             let _ = std::fs::remove_file(req.run_dir.join(sock));
         }
         let ctx = self.context(req, accel)?;
-        let argv = vireo_qemu::argv::build(&req.spec, &ctx).map_err(|e| HvError::Launch {
-            vm: req.name.clone(),
-            detail: crate::error::chain(&e),
+        let options = vireo_qemu::argv::LaunchOptions {
+            placement: req.placement.clone(),
+            start_paused: req.start_paused,
+        };
+        let argv = vireo_qemu::argv::build_with(&req.spec, &ctx, &options).map_err(|e| {
+            HvError::Launch {
+                vm: req.name.clone(),
+                detail: crate::error::chain(&e),
+            }
         })?;
         let paths = vireo_qemu::rundir::RunPaths::new(&req.run_dir);
         let process = vireo_qemu::process::spawn(
@@ -576,28 +582,8 @@ impl Machine for QemuMachine {
                 detail: chain(&e),
             })
     }
-    async fn hotplug_disk(&self, disk: &DiskSpec) -> Result<(), HvError> {
+    async fn hotplug_disk(&self, disk: &DiskSpec, port: HotplugPort) -> Result<(), HvError> {
         self.alive()?;
-        let mut port = None;
-        for p in HotplugPort::all() {
-            match self.qmp.port_occupant(&p.id()).await {
-                Ok(None) => {
-                    port = Some(p);
-                    break;
-                }
-                Ok(Some(_)) => continue,
-                Err(e) => {
-                    return Err(HvError::Monitor {
-                        command: "qom-list",
-                        detail: chain(&e),
-                    })
-                }
-            }
-        }
-        let port = port.ok_or_else(|| HvError::Monitor {
-            command: "device_add",
-            detail: "no free hotplug port left (stop the VM to add more disks)".into(),
-        })?;
         let ids = disk_ids(&disk.name);
         let hp = DiskHotplug {
             device_id: ids.device,

@@ -31,6 +31,31 @@ pub fn image_key(name: &str) -> String {
 pub fn operation_key(id: Uuid) -> String {
     format!("/operations/{id}")
 }
+pub fn snapshot_key(project: &str, vm: &str, name: &str) -> String {
+    format!("/snapshots/{project}/{vm}/{name}")
+}
+pub fn snapshot_prefix(project: &str, vm: &str) -> String {
+    format!("/snapshots/{project}/{vm}/")
+}
+
+/// One VM snapshot: the same-named internal snapshot in each listed disk's volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub name: Name,
+    pub created_at: DateTime<Utc>,
+    pub parent: Option<Name>,
+    pub memory: bool,
+    /// Disk holding the RAM and device state (memory snapshots).
+    pub vmstate_disk: Option<Name>,
+    pub vm_state: VmState,
+    pub fs_frozen: bool,
+    pub disks: Vec<Name>,
+    pub description: String,
+    /// vCPUs and memory at snapshot time (a memory restore needs the same machine).
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
 pub fn pool_key(name: &str) -> String {
     format!("/storage-pools/{name}")
 }
@@ -107,6 +132,18 @@ pub struct VmRecord {
     /// The pool volume behind each disk (disks not listed are files in `dir`).
     #[serde(default)]
     pub volumes: Vec<DiskVolume>,
+    /// An immutable template: never starts; its volumes are read-only bases.
+    #[serde(default)]
+    pub template: bool,
+    /// The template this VM is a linked clone of.
+    #[serde(default)]
+    pub template_source: Option<Name>,
+    /// The snapshot the current state descends from.
+    #[serde(default)]
+    pub current_snapshot: Option<Name>,
+    /// Disks and NICs on hotplug ports (hot-added, or attached to stay removable).
+    #[serde(default)]
+    pub placement: vireo_qemu::hotplug::HotplugPlacement,
 }
 
 impl VmRecord {

@@ -310,7 +310,7 @@ async fn bad_requests_change_nothing() {
     let mut huge = create_req("h", false);
     huge.memory_mib = Some(1 << 40);
     let mut noimg = create_req("n", false);
-    noimg.image = name("nope");
+    noimg.image = Some(name("nope"));
     let mut badnet = create_req("b", false);
     badnet.networks = Some(vec![name("lan")]);
     // A create in flight reserves its name.

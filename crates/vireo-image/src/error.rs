@@ -43,6 +43,9 @@ pub enum ImageError {
         path: std::path::PathBuf,
         reason: String,
     },
+    /// Another process (typically a running QEMU) holds the image's lock.
+    #[error("{} is in use by another process (QEMU or qemu-img holds its lock)", path.display())]
+    InUse { path: std::path::PathBuf },
 }
 
 impl ImageError {

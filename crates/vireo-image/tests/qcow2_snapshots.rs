@@ -501,7 +501,27 @@ fn snapshot_with_vm_state_from_real_qemu() {
     lines_greeting(&mut qmp);
     // While QEMU has the image open, Vireo refuses to edit it (qemu's image locks).
     let e = snapshot_create(&img, "offline", &lim()).unwrap_err();
-    assert!(format!("{:?}", e).contains("in use"), "{e:?}");
+    assert!(
+        matches!(
+            &e,
+            SnapshotError::Image {
+                source: ImageError::InUse { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = ops::resize(&img, 32 << 20, &lim(), &PathPolicy::default()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            ResizeError::Image {
+                source: ImageError::InUse { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     let r = qmp(r#"{"execute":"human-monitor-command","arguments":{"command-line":"savevm vm1"}}"#);
     assert_eq!(r["return"], "", "savevm: {r}");
     qmp(r#"{"execute":"quit"}"#);

@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
@@ -19,6 +19,7 @@ use vireo_engine::{Engine, EngineError};
 
 pub mod misc;
 pub mod networks;
+pub mod snapshots;
 pub mod storage;
 pub mod vms;
 pub mod ws;
@@ -203,9 +204,12 @@ pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
         storage::list_pools, storage::create_pool, storage::get_pool, storage::delete_pool,
         storage::list_volumes, storage::create_volume, storage::import_volume,
         storage::get_volume, storage::delete_volume,
+        snapshots::list_snapshots, snapshots::create_snapshot, snapshots::restore_snapshot,
+        snapshots::delete_snapshot, snapshots::clone_vm, snapshots::template_vm,
+        snapshots::attach_disk, snapshots::detach_disk, snapshots::resize_volume,
     ),
     components(schemas(ErrorBody, vireo_api::events::Event)),
-    tags((name = "vms"), (name = "operations"), (name = "images"), (name = "host"), (name = "projects"), (name = "tokens"), (name = "storage"), (name = "networks"))
+    tags((name = "vms"), (name = "operations"), (name = "images"), (name = "host"), (name = "projects"), (name = "tokens"), (name = "storage"), (name = "snapshots"), (name = "networks"))
 )]
 pub struct ApiDoc;
 
@@ -272,6 +276,29 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/storage-pools/{pool}/volumes/{volume}",
             get(storage::get_volume).delete(storage::delete_volume),
+        )
+        .route(
+            "/v1/storage-pools/{pool}/volumes/{volume}/resize",
+            post(snapshots::resize_volume),
+        )
+        .route(
+            "/v1/vms/{name}/snapshots",
+            get(snapshots::list_snapshots).post(snapshots::create_snapshot),
+        )
+        .route(
+            "/v1/vms/{name}/snapshots/{snapshot}",
+            delete(snapshots::delete_snapshot),
+        )
+        .route(
+            "/v1/vms/{name}/snapshots/{snapshot}/restore",
+            post(snapshots::restore_snapshot),
+        )
+        .route("/v1/vms/{name}/clone", post(snapshots::clone_vm))
+        .route("/v1/vms/{name}/template", post(snapshots::template_vm))
+        .route("/v1/vms/{name}/disks", post(snapshots::attach_disk))
+        .route(
+            "/v1/vms/{name}/disks/{disk}",
+            delete(snapshots::detach_disk),
         )
         .route(
             "/v1/projects",

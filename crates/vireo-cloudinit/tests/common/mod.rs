@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 use std::process::Command;
 
 use base64::Engine as _;
@@ -135,4 +136,63 @@ pub fn run(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Debian packages whose Python modules the oracles import: cloud-init 22.4 (Debian 12's) and
+/// the pure-Python libraries it imports, plus PyYAML, the YAML parser cloud-init uses.
+const ORACLE_PACKAGES: [&str; 11] = [
+    "cloud-init",
+    "python3-yaml",
+    "python3-configobj",
+    "python3-jsonpatch",
+    "python3-json-pointer",
+    "python3-requests",
+    "python3-urllib3",
+    "python3-idna",
+    "python3-certifi",
+    "python3-chardet",
+    "python3-charset-normalizer",
+];
+
+/// A `PYTHONPATH` directory holding [`ORACLE_PACKAGES`]' modules, fetched once into the test
+/// cache (`VIREO_TEST_CACHE`, default `/var/cache/vireo-test`) with `apt-get download` and
+/// extracted with `dpkg-deb -x`; nothing is installed on the host.
+pub fn python_oracle_path() -> PathBuf {
+    let cache = std::env::var_os("VIREO_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/vireo-test"))
+        .join("python-oracle-bookworm");
+    let site = cache.join("root/usr/lib/python3/dist-packages");
+    let complete = cache.join("root/.complete");
+    if complete.exists() {
+        return site;
+    }
+    std::fs::create_dir_all(&cache).unwrap();
+    let work = tempfile::tempdir_in(&cache).unwrap();
+    let out = Command::new("apt-get")
+        .arg("download")
+        .args(ORACLE_PACKAGES)
+        .current_dir(work.path())
+        .output()
+        .expect("apt-get (run scripts/deps.sh on a Debian host)");
+    assert!(
+        out.status.success(),
+        "apt-get download {ORACLE_PACKAGES:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = work.path().join("root");
+    for entry in std::fs::read_dir(work.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "deb") {
+            run(
+                "dpkg-deb",
+                &["-x", path.to_str().unwrap(), root.to_str().unwrap()],
+            );
+        }
+    }
+    std::fs::write(root.join(".complete"), b"").unwrap();
+    // Another test process may have won the race; either tree is complete.
+    let _ = std::fs::rename(&root, cache.join("root"));
+    assert!(complete.exists());
+    site
 }

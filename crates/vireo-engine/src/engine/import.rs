@@ -241,6 +241,10 @@ impl Engine {
             node: self.inner.cfg.node.clone(),
             dir,
             volumes,
+            template: false,
+            template_source: None,
+            current_snapshot: None,
+            placement: Default::default(),
         };
         op.journal(Cleanup::DeleteKey {
             key: records::vm_key(project, name.as_str()),

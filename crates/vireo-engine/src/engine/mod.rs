@@ -1,11 +1,14 @@
 //! The engine facade: what the HTTP layer calls. Validates requests synchronously (so bad
 //! input gets a 4xx and changes nothing), then runs the work as an operation.
 
+mod attach;
+mod clones;
 mod export;
 mod images;
 mod import;
 mod networks;
 mod projects;
+mod snapshots;
 mod storage;
 mod vms;
 
@@ -225,6 +228,8 @@ impl Engine {
                     name: rec.name.to_string(),
                     spec: rec.spec.clone(),
                     run_dir: rec.dir.clone(),
+                    placement: rec.placement.clone(),
+                    start_paused: false,
                 };
                 let pid = rec.pid.unwrap_or(0);
                 match self.inner.hv.adopt(&req, pid).await {

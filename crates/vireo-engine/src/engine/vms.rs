@@ -86,6 +86,9 @@ impl Engine {
             vcpus: r.spec.vcpus,
             memory_mib: r.spec.memory_mib,
             image: r.image.clone(),
+            template_source: r.template_source.clone(),
+            template: r.template,
+            current_snapshot: r.current_snapshot.clone(),
             created_at: r.created_at,
             pid: r.pid,
             accel: r.accel.clone(),
@@ -110,15 +113,34 @@ impl Engine {
         req: CreateVmRequest,
         requestor: &str,
     ) -> Result<Operation> {
+        let image_name = match (&req.image, &req.template) {
+            (Some(i), None) => i.clone(),
+            (None, Some(_)) => return self.create_from_template(project, req, requestor).await,
+            _ => {
+                return Err(EngineError::invalid(
+                    "image",
+                    "give exactly one of image and template",
+                ))
+            }
+        };
+        if req.count.is_some() {
+            return Err(EngineError::invalid(
+                "count",
+                "count applies to creates from a template",
+            ));
+        }
         let p = self.project(project).await?;
         let reservation = self.reserve_name(&p, req.name.as_str())?;
         let image = self
             .inner
             .db
-            .get_image(req.image.as_str())
+            .get_image(image_name.as_str())
             .await?
             .ok_or_else(|| {
-                EngineError::invalid("image", format!("image {:?} not found", req.image.as_str()))
+                EngineError::invalid(
+                    "image",
+                    format!("image {:?} not found", image_name.as_str()),
+                )
             })?;
         let pool = req
             .pool
@@ -183,7 +205,7 @@ impl Engine {
                             "image",
                             format!(
                                 "image {:?} is missing its file {}",
-                                req.image.as_str(),
+                                image_name.as_str(),
                                 f.display()
                             ),
                         ));
@@ -299,7 +321,7 @@ impl Engine {
             uuid,
             name: req.name.clone(),
             project: Name::new(p.clone()).map_err(|e| EngineError::internal("project name", e))?,
-            image: Some(req.image.clone()),
+            image: Some(image_name.clone()),
             created_at: Utc::now(),
             spec,
             networks: networks.iter().map(|n| n.to_string()).collect(),
@@ -309,6 +331,10 @@ impl Engine {
             node: self.inner.cfg.node.clone(),
             dir: dir.clone(),
             volumes: vec![],
+            template: false,
+            template_source: None,
+            current_snapshot: None,
+            placement: Default::default(),
         };
         self.save_vm_nics(uuid, &p, &req.name, managed).await?;
         let op = self
@@ -320,7 +346,7 @@ impl Engine {
         let start = req.start;
         let requestor = requestor.to_string();
         let backing = match &image.files {
-            ImageFiles::Disk { path } => Some((path.clone(), None, Some(req.image.clone()))),
+            ImageFiles::Disk { path } => Some((path.clone(), None, Some(image_name.clone()))),
             ImageFiles::Kernel { .. } => None,
         };
         let op2 = op.clone();
@@ -379,37 +405,10 @@ impl Engine {
             });
         }
         op.stage("recording the VM");
-        let key = records::vm_key(record.project.as_str(), record.name.as_str());
-        op.journal(Cleanup::DeleteKey { key }).await;
-        let rev = self.inner.db.create_vm(&record).await?;
         let map_key = (record.project.to_string(), record.name.to_string());
         let target = record.target();
         let project = record.project.to_string();
-        let h = actor::spawn(
-            record,
-            rev,
-            None,
-            self.inner.db.clone(),
-            self.inner.hv.clone(),
-            self.inner.events.clone(),
-        );
-        {
-            let mut vms = self.lock_vms();
-            if vms.contains_key(&map_key) {
-                return Err(EngineError::Conflict(format!(
-                    "VM {:?} already exists",
-                    map_key.1
-                )));
-            }
-            vms.insert(map_key.clone(), h.clone());
-        }
-        self.inner.events.emit(
-            "vm.created",
-            Some(&project),
-            &target,
-            requestor,
-            serde_json::json!({}),
-        );
+        let h = self.register_vm(op, record, requestor).await?;
         if start {
             op.stage("starting");
             if let Err(e) = h
@@ -436,6 +435,47 @@ impl Engine {
         Ok(())
     }
 
+    /// Stores a new VM's record (journalled) and starts its actor.
+    pub(crate) async fn register_vm(
+        &self,
+        op: &OpHandle,
+        record: VmRecord,
+        requestor: &str,
+    ) -> Result<VmHandle> {
+        let key = records::vm_key(record.project.as_str(), record.name.as_str());
+        op.journal(Cleanup::DeleteKey { key }).await;
+        let rev = self.inner.db.create_vm(&record).await?;
+        let map_key = (record.project.to_string(), record.name.to_string());
+        let target = record.target();
+        let project = record.project.to_string();
+        let h = actor::spawn(
+            record,
+            rev,
+            None,
+            self.inner.db.clone(),
+            self.inner.hv.clone(),
+            self.inner.events.clone(),
+        );
+        {
+            let mut vms = self.lock_vms();
+            if vms.contains_key(&map_key) {
+                return Err(EngineError::Conflict(format!(
+                    "VM {:?} already exists",
+                    map_key.1
+                )));
+            }
+            vms.insert(map_key, h.clone());
+        }
+        self.inner.events.emit(
+            "vm.created",
+            Some(&project),
+            &target,
+            requestor,
+            serde_json::json!({}),
+        );
+        Ok(h)
+    }
+
     /// Runs a lifecycle action as an operation.
     pub async fn vm_action(
         &self,
@@ -460,6 +500,23 @@ impl Engine {
         }
         h.precheck(action)?;
         if action == VmAction::Delete {
+            let rec = h.view().record;
+            if rec.template {
+                let bases: Vec<vireo_api::storage::VolumeRef> = rec
+                    .volumes
+                    .iter()
+                    .map(super::attach::disk_volume_ref)
+                    .collect();
+                let all = self.inner.db.list_volumes(None).await?;
+                let deps = super::clones::dependants_of(&all, &bases);
+                if !deps.is_empty() {
+                    return Err(EngineError::Conflict(format!(
+                        "template {name} has {} linked clone(s): {}; delete them first",
+                        deps.len(),
+                        deps.join(", ")
+                    )));
+                }
+            }
             return self.delete_vm_op(&p, name, h, requestor).await;
         }
         let target = h.view().record.target();
@@ -472,6 +529,7 @@ impl Engine {
             force: stop.force,
             timeout: stop.timeout_s.map(|s| Duration::from_secs(u64::from(s))),
             requestor: requestor.to_string(),
+            start_paused: false,
         };
         let op2 = op.clone();
         tokio::spawn(async move {
@@ -509,6 +567,9 @@ impl Engine {
                 engine.forget_vm_nics(rec.uuid).await;
                 if let Err(e) = engine.release_vm_volumes(&project, &name).await {
                     tracing::warn!(vm = %name, error = %chain(&e), "releasing the VM's volumes failed");
+                }
+                if let Err(e) = engine.forget_snapshots(&project, &name).await {
+                    tracing::warn!(vm = %name, error = %chain(&e), "removing the VM's snapshot records failed");
                 }
                 if let Err(e) = tokio::fs::remove_dir_all(&rec.dir).await {
                     if e.kind() != std::io::ErrorKind::NotFound {

@@ -102,7 +102,9 @@ pub async fn wait(engine: &Engine, op: &Operation) -> Operation {
 pub fn create_req(n: &str, start: bool) -> CreateVmRequest {
     CreateVmRequest {
         name: name(n),
-        image: name("tiny"),
+        image: Some(name("tiny")),
+        template: None,
+        count: None,
         vcpus: Some(1),
         memory_mib: Some(128),
         disk_mib: None,

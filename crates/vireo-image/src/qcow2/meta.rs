@@ -97,10 +97,9 @@ fn lock_exclusive(file: &File, path: &Path) -> Result<(), ImageError> {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Some(libc::EAGAIN) | Some(libc::EACCES) => {
-                return Err(refused(
-                    path,
-                    "the image is in use by another process (QEMU holds a lock on it)",
-                ))
+                return Err(ImageError::InUse {
+                    path: path.to_path_buf(),
+                })
             }
             _ => return Err(ImageError::io(format!("locking {}", path.display()), err)),
         }

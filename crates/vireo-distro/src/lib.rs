@@ -1,0 +1,823 @@
+//! Builds bootable distribution disk images for Vireo from distribution packages. Today:
+//! Debian ([`build_debian`]), the image behind `vireo image build debian`.
+//!
+//! A build runs, in a work directory inside the output directory:
+//! 1. `debootstrap --variant=minbase --include=…` of the release into `root/` with the
+//!    packages of [`packages::package_list`] (kernel, cloud-init, qemu-guest-agent,
+//!    openssh-server, …); downloaded `.deb`s are kept in `cache_dir/debs` and reused, so a
+//!    rebuild downloads nothing that has not changed in the archive;
+//! 2. the configuration of [`config`] (fstab, apt sources, cloud-init data sources, hostname,
+//!    serial getty), `systemctl enable` of [`config::ENABLED_UNITS`] inside the root;
+//! 3. clean-up: apt caches and package lists, SSH host keys (cloud-init makes new ones per
+//!    VM), `/etc/machine-id` emptied (systemd makes a new one at first boot), logs;
+//! 4. the raw disk of [`disk`] (GPT, GRUB for BIOS and UEFI, ext4 root made from `root/` by
+//!    `mkfs.ext4 -d`), converted to qcow2 by `vireo-image`;
+//! 5. `debian-<release>.qcow2` and its description `debian-<release>.json` renamed into the
+//!    output directory.
+//!
+//! Invariants:
+//! - All-or-nothing: the work directory is removed on every path (after unmounting whatever
+//!   debootstrap left mounted in it), and the two artefacts appear only by rename after both
+//!   are complete. A failed build leaves the output directory as it was.
+//! - Every input that reaches a command line is validated first (release, package names,
+//!   mirror URL, disk size).
+//! - Needs root (debootstrap and chroot), `debootstrap`, `e2fsprogs` (1.47: `mkfs.ext4 -d`
+//!   with `-E offset`), `grub-common`, `grub-pc-bin`, `grub-efi-amd64-bin` on the host.
+
+pub mod config;
+pub mod disk;
+pub mod packages;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use thiserror::Error;
+
+/// Changes whenever the builder's output for the same options changes (tests cache on it).
+pub const BUILDER_REVISION: u32 = 1;
+/// Default virtual size of the disk: 4 GiB.
+pub const DEFAULT_SIZE_BYTES: u64 = 4 << 30;
+/// Where Debian installs GRUB's platform directories.
+pub const GRUB_LIB_DIR: &str = "/usr/lib/grub";
+/// Lines of a failing command's output kept for the error.
+const TAIL_LINES: usize = 30;
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebianSpec {
+    pub release: String,
+    /// Virtual size of the disk in bytes (multiple of 1 MiB, see [`disk::Layout::new`]).
+    pub size_bytes: u64,
+    /// Installed on top of [`packages::BASE_PACKAGES`].
+    pub extra_packages: Vec<String>,
+    /// Debian archive debootstrap fetches from and the image's apt sources name.
+    pub mirror: String,
+}
+
+impl Default for DebianSpec {
+    fn default() -> Self {
+        DebianSpec {
+            release: packages::DEFAULT_RELEASE.into(),
+            size_bytes: DEFAULT_SIZE_BYTES,
+            extra_packages: Vec::new(),
+            mirror: config::DEFAULT_MIRROR.into(),
+        }
+    }
+}
+
+/// A spec whose every field has been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidSpec {
+    pub release: String,
+    pub layout: disk::Layout,
+    pub size_bytes: u64,
+    /// Sorted union of the base and extra packages.
+    pub packages: Vec<String>,
+    pub mirror: String,
+}
+
+impl DebianSpec {
+    pub fn validate(&self) -> Result<ValidSpec, DistroError> {
+        packages::check_release(&self.release).map_err(DistroError::Packages)?;
+        let packages =
+            packages::package_list(&self.extra_packages).map_err(DistroError::Packages)?;
+        let mirror = config::check_mirror(&self.mirror).map_err(DistroError::Config)?;
+        let layout = disk::Layout::new(self.size_bytes).map_err(DistroError::Disk)?;
+        Ok(ValidSpec {
+            release: self.release.clone(),
+            layout,
+            size_bytes: self.size_bytes,
+            packages,
+            mirror,
+        })
+    }
+}
+
+impl ValidSpec {
+    /// SHA-256 over everything that decides the image except the archive's contents: the
+    /// builder revision, release, size, package list and mirror. Seeds the disk's
+    /// identifiers and names the inputs in the description (tests cache builds on it).
+    pub fn fingerprint(&self) -> String {
+        let mut h = sha2::Sha256::new();
+        h.update(format!(
+            "vireo-distro debian r{BUILDER_REVISION}\n{}\n{}\n{}\n",
+            self.release, self.size_bytes, self.mirror
+        ));
+        for p in &self.packages {
+            h.update(p.as_bytes());
+            h.update(b"\n");
+        }
+        hex::encode(h.finalize())
+    }
+
+    pub fn disk_file(&self) -> String {
+        format!("debian-{}.qcow2", self.release)
+    }
+
+    pub fn description_file(&self) -> String {
+        format!("debian-{}.json", self.release)
+    }
+}
+
+/// Build inputs besides the spec.
+pub struct BuildOptions<'a> {
+    pub spec: DebianSpec,
+    /// Reused across builds: `debs/` holds debootstrap's downloaded packages.
+    pub cache_dir: PathBuf,
+    /// Where the artefacts land (created if missing).
+    pub out_dir: PathBuf,
+    /// GRUB's library directory holding `i386-pc/` and `x86_64-efi/`.
+    pub grub_lib_dir: PathBuf,
+    /// Receives human-readable progress lines.
+    pub progress: Option<&'a (dyn Fn(&str) + Sync)>,
+}
+
+impl BuildOptions<'_> {
+    pub fn new(cache_dir: impl Into<PathBuf>, out_dir: impl Into<PathBuf>) -> Self {
+        BuildOptions {
+            spec: DebianSpec::default(),
+            cache_dir: cache_dir.into(),
+            out_dir: out_dir.into(),
+            grub_lib_dir: PathBuf::from(GRUB_LIB_DIR),
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for BuildOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildOptions")
+            .field("spec", &self.spec)
+            .field("cache_dir", &self.cache_dir)
+            .field("out_dir", &self.out_dir)
+            .field("grub_lib_dir", &self.grub_lib_dir)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// One installed package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledPackage {
+    pub package: String,
+    pub version: String,
+}
+
+/// The built image, as stored next to it (`debian-<release>.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DebianImage {
+    /// The qcow2 (use it as a backing file; do not boot it directly).
+    pub path: PathBuf,
+    pub virtual_size: u64,
+    pub release: String,
+    /// [`ValidSpec::fingerprint`] of the spec it was built from.
+    pub fingerprint: String,
+    pub kernel_version: String,
+    pub cmdline: String,
+    pub root_uuid: String,
+    /// `grub-mkimage --version` of the boot loader.
+    pub bootloader: String,
+    /// Every installed package, sorted by name.
+    pub packages: Vec<InstalledPackage>,
+    /// Seconds the build took.
+    pub build_seconds: f64,
+}
+
+#[derive(Debug, Error)]
+pub enum DistroError {
+    #[error("invalid package selection")]
+    Packages(#[source] packages::PackageError),
+    #[error("invalid configuration")]
+    Config(#[source] config::ConfigError),
+    #[error("building the disk")]
+    Disk(#[source] disk::DiskError),
+    #[error("cannot run {program} (install the Debian package {package})")]
+    Spawn {
+        program: &'static str,
+        package: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} failed ({status}); last output:\n{tail}")]
+    Failed {
+        what: String,
+        status: std::process::ExitStatus,
+        tail: String,
+    },
+    #[error("the root filesystem has no {what}")]
+    RootLayout { what: String },
+    #[error("I/O on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("converting the raw disk to {path}")]
+    Convert {
+        path: PathBuf,
+        #[source]
+        source: vireo_image::ImageError,
+    },
+    #[error("encoding the image description")]
+    Describe(#[source] serde_json::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DistroError + '_ {
+    move |source| DistroError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Builds the Debian image; see the crate docs.
+pub fn build_debian(opts: &BuildOptions) -> Result<DebianImage, DistroError> {
+    let started = std::time::Instant::now();
+    let quiet = |_: &str| {};
+    let progress: &(dyn Fn(&str) + Sync) = opts.progress.unwrap_or(&quiet);
+    let say = |msg: &str| {
+        tracing::info!("{msg}");
+        progress(msg);
+    };
+    let spec = opts.spec.validate()?;
+    let debs = opts.cache_dir.join("debs");
+    std::fs::create_dir_all(&debs).map_err(io_err(&debs))?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(io_err(&opts.out_dir))?;
+    // Absolute: debootstrap runs parts of itself from inside the chroot.
+    let debs = std::fs::canonicalize(&debs).map_err(io_err(&debs))?;
+    let work = WorkDir::new(&opts.out_dir)?;
+    let root = work.path().join("root");
+
+    let ids = disk::DiskIds::derive(spec.fingerprint().as_bytes());
+    say(&format!(
+        "debootstrap {} (minbase + {} packages) from {}",
+        spec.release,
+        spec.packages.len(),
+        spec.mirror
+    ));
+    debootstrap(&spec, &debs, &root, &say)?;
+
+    say("configuring the root filesystem");
+    configure(&spec, &ids.config, &root)?;
+    let kernel_version = kernel_version(&root)?;
+    let installed = installed_packages(&root)?;
+    clean(&root)?;
+
+    say("making GRUB images for i386-pc and x86_64-efi");
+    let grub = disk::make_grub(&opts.grub_lib_dir).map_err(DistroError::Disk)?;
+    let grub_cfg = config::grub_cfg(&ids.config, &config::release_title(&spec.release));
+    let regions =
+        disk::boot_regions(&spec.layout, &ids, &grub, &grub_cfg).map_err(DistroError::Disk)?;
+    let raw = work.path().join("disk.raw");
+    say(&format!(
+        "writing the raw disk ({} MiB, ext4 root from the tree)",
+        spec.size_bytes >> 20
+    ));
+    disk::write_raw(&raw, &spec.layout, &ids, &root, &regions).map_err(DistroError::Disk)?;
+
+    let qcow2 = work.path().join("disk.qcow2");
+    say("converting to qcow2");
+    vireo_image::ops::convert_with(
+        &raw,
+        &qcow2,
+        &vireo_image::ops::ConvertOptions::new(vireo_image::Format::Qcow2),
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .map_err(|source| DistroError::Convert {
+        path: qcow2.clone(),
+        source,
+    })?;
+
+    let image = DebianImage {
+        path: opts.out_dir.join(spec.disk_file()),
+        virtual_size: spec.size_bytes,
+        release: spec.release.clone(),
+        fingerprint: spec.fingerprint(),
+        kernel_version,
+        cmdline: config::kernel_cmdline(&ids.config),
+        root_uuid: ids.config.root_uuid.clone(),
+        bootloader: grub.version,
+        packages: installed,
+        build_seconds: started.elapsed().as_secs_f64(),
+    };
+    let mut description = serde_json::to_vec_pretty(&image).map_err(DistroError::Describe)?;
+    description.push(b'\n');
+    let desc_tmp = work.path().join("description.json");
+    std::fs::write(&desc_tmp, &description).map_err(io_err(&desc_tmp))?;
+    // Both renames stay inside one filesystem (the work directory is in out_dir).
+    std::fs::rename(&qcow2, &image.path).map_err(io_err(&image.path))?;
+    let desc_path = opts.out_dir.join(spec.description_file());
+    if let Err(e) = std::fs::rename(&desc_tmp, &desc_path) {
+        let _ = std::fs::remove_file(&image.path);
+        return Err(io_err(&desc_path)(e));
+    }
+    say(&format!(
+        "built {} in {:.0} s",
+        image.path.display(),
+        image.build_seconds
+    ));
+    Ok(image)
+}
+
+/// Reads the description of a previous build of `release` in `out_dir`, if there is one.
+pub fn load(out_dir: &Path, release: &str) -> Result<Option<DebianImage>, DistroError> {
+    let path = out_dir.join(format!("debian-{release}.json"));
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(DistroError::Describe),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(DistroError::Io { path, source }),
+    }
+}
+
+/// debootstrap's argument vector (pure).
+pub fn debootstrap_args(spec: &ValidSpec, debs: &Path, root: &Path) -> Vec<String> {
+    vec![
+        "--variant=minbase".into(),
+        "--components=main".into(),
+        format!("--cache-dir={}", debs.display()),
+        format!("--include={}", spec.packages.join(",")),
+        spec.release.clone(),
+        root.to_string_lossy().into_owned(),
+        spec.mirror.clone(),
+    ]
+}
+
+/// Condenses debootstrap's per-package `I: <Verb> <package>` lines to one line per phase:
+/// returns the line to report when `line` starts a new phase, `None` otherwise.
+pub fn phase_line(last_verb: &mut String, line: &str) -> Option<String> {
+    let rest = line.strip_prefix("I: ")?;
+    let verb = rest.split_whitespace().next().unwrap_or_default();
+    let per_package = matches!(
+        verb,
+        "Retrieving" | "Validating" | "Extracting" | "Unpacking" | "Configuring" | "Checking"
+    );
+    if per_package {
+        if verb == last_verb {
+            return None;
+        }
+        *last_verb = verb.to_owned();
+        return Some(format!("debootstrap: {verb} packages…"));
+    }
+    last_verb.clear();
+    Some(format!("debootstrap: {}", rest.trim_end()))
+}
+
+fn debootstrap(
+    spec: &ValidSpec,
+    debs: &Path,
+    root: &Path,
+    say: &dyn Fn(&str),
+) -> Result<(), DistroError> {
+    let mut child = Command::new("debootstrap")
+        .args(debootstrap_args(spec, debs, root))
+        .env("LC_ALL", "C")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| DistroError::Spawn {
+            program: "debootstrap",
+            package: "debootstrap",
+            source,
+        })?;
+    // Both streams carry messages; stderr is read on a thread, stdout here.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take();
+    let tx2 = tx.clone();
+    let reader = std::thread::spawn(move || {
+        if let Some(s) = stderr {
+            for line in BufReader::new(s).lines().map_while(Result::ok) {
+                let _ = tx2.send(line);
+            }
+        }
+    });
+    if let Some(s) = child.stdout.take() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(s).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    let mut tail = std::collections::VecDeque::with_capacity(TAIL_LINES);
+    let mut verb = String::new();
+    for line in rx {
+        tracing::debug!(target: "debootstrap", "{line}");
+        if let Some(report) = phase_line(&mut verb, &line) {
+            say(&report);
+        }
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    let _ = reader.join();
+    let status = child.wait().map_err(io_err(root))?;
+    if !status.success() {
+        // debootstrap's own log explains failures inside the chroot best.
+        let log =
+            std::fs::read_to_string(root.join("debootstrap/debootstrap.log")).unwrap_or_default();
+        let mut lines: Vec<String> = log
+            .lines()
+            .rev()
+            .take(TAIL_LINES)
+            .map(str::to_owned)
+            .collect();
+        lines.reverse();
+        let out: Vec<String> = tail.into_iter().collect();
+        return Err(DistroError::Failed {
+            what: "debootstrap".into(),
+            status,
+            tail: [out.join("\n"), lines.join("\n")].join("\n"),
+        });
+    }
+    Ok(())
+}
+
+/// Runs a command inside the root (`chroot ROOT argv…`).
+fn in_root(root: &Path, argv: &[&str]) -> Result<String, DistroError> {
+    let out = Command::new("chroot")
+        .arg(root)
+        .args(argv)
+        .env("LC_ALL", "C")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| DistroError::Spawn {
+            program: "chroot",
+            package: "coreutils",
+            source,
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(TAIL_LINES).collect();
+        return Err(DistroError::Failed {
+            what: format!("chroot {} {}", root.display(), argv.join(" ")),
+            status: out.status,
+            tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn write_file(root: &Path, rel: &str, contents: &str) -> Result<(), DistroError> {
+    let path = root.join(rel);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    // Replace, never write through: debootstrap may have left a symlink here.
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, contents).map_err(io_err(&path))
+}
+
+fn configure(spec: &ValidSpec, id: &config::Identity, root: &Path) -> Result<(), DistroError> {
+    for (rel, contents) in config::root_files(id, &spec.release, &spec.mirror) {
+        write_file(root, rel, &contents)?;
+    }
+    // The deb822 sources replace debootstrap's one-line list.
+    remove_if_present(&root.join("etc/apt/sources.list"))?;
+    for (link, target) in config::serial_getty_links() {
+        let path = root.join(&link);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        remove_if_present(&path)?;
+        std::os::unix::fs::symlink(&target, &path).map_err(io_err(&path))?;
+    }
+    let mut argv = vec!["systemctl", "enable", "--quiet"];
+    argv.extend(config::ENABLED_UNITS);
+    in_root(root, &argv)?;
+    std::fs::create_dir_all(root.join("boot/efi")).map_err(io_err(root))?;
+    Ok(())
+}
+
+/// The kernel `/vmlinuz` points at (`boot/vmlinuz-<version>`), checked to exist along
+/// with `/initrd.img`.
+fn kernel_version(root: &Path) -> Result<String, DistroError> {
+    let missing = |what: &str| DistroError::RootLayout { what: what.into() };
+    let link = std::fs::read_link(root.join("vmlinuz")).map_err(|_| missing("/vmlinuz link"))?;
+    let name = link
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| missing("/vmlinuz target"))?;
+    let version = name
+        .strip_prefix("vmlinuz-")
+        .ok_or_else(|| missing("boot/vmlinuz-<version>"))?
+        .to_owned();
+    for file in [
+        format!("boot/vmlinuz-{version}"),
+        format!("boot/initrd.img-{version}"),
+    ] {
+        if !root.join(&file).is_file() {
+            return Err(missing(&file));
+        }
+    }
+    if !root.join("initrd.img").exists() {
+        return Err(missing("/initrd.img link"));
+    }
+    Ok(version)
+}
+
+fn installed_packages(root: &Path) -> Result<Vec<InstalledPackage>, DistroError> {
+    let out = in_root(
+        root,
+        &["dpkg-query", "-W", "-f", "${Package}\t${Version}\n"],
+    )?;
+    let mut list: Vec<InstalledPackage> = out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(p, v)| InstalledPackage {
+            package: p.to_owned(),
+            version: v.to_owned(),
+        })
+        .collect();
+    list.sort_by(|a, b| a.package.cmp(&b.package));
+    Ok(list)
+}
+
+/// Per-machine state and caches out of the image.
+fn clean(root: &Path) -> Result<(), DistroError> {
+    in_root(root, &["apt-get", "clean"])?;
+    for dir in ["var/lib/apt/lists", "var/log", "tmp", "var/tmp"] {
+        empty_dir(&root.join(dir))?;
+    }
+    std::fs::create_dir_all(root.join("var/lib/apt/lists/partial")).map_err(io_err(root))?;
+    for dir in ["etc/ssh", "var/cache/apt"] {
+        let dir = root.join(dir);
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("ssh_host_") || name.ends_with(".bin") {
+                remove_if_present(&entry.path())?;
+            }
+        }
+    }
+    // systemd writes a fresh machine-id into an empty file at first boot; D-Bus reads it.
+    write_file(root, "etc/machine-id", "")?;
+    remove_if_present(&root.join("var/lib/dbus/machine-id"))?;
+    // debootstrap copied the build host's resolver configuration; the guest uses resolved.
+    let resolv = root.join("etc/resolv.conf");
+    remove_if_present(&resolv)?;
+    std::os::unix::fs::symlink("../run/systemd/resolve/stub-resolv.conf", &resolv)
+        .map_err(io_err(&resolv))?;
+    remove_dir_if_present(&root.join("debootstrap"))?;
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<(), DistroError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+fn remove_dir_if_present(path: &Path) -> Result<(), DistroError> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Removes everything inside `dir` but keeps `dir` (with its mode and owner).
+fn empty_dir(dir: &Path) -> Result<(), DistroError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        if entry.file_type().map_err(io_err(&path))?.is_dir() {
+            remove_dir_if_present(&path)?;
+        } else {
+            remove_if_present(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The build's work directory inside the output directory; on drop, unmounts anything still
+/// mounted below it (debootstrap mounts `/proc` and `/sys` in the root and may leave them
+/// when it fails) and removes it.
+struct WorkDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl WorkDir {
+    fn new(out_dir: &Path) -> Result<WorkDir, DistroError> {
+        let dir = tempfile::Builder::new()
+            .prefix(".debian-build.")
+            .tempdir_in(out_dir)
+            .map_err(io_err(out_dir))?;
+        Ok(WorkDir { dir: Some(dir) })
+    }
+
+    fn path(&self) -> &Path {
+        // Invariant: `dir` is Some until drop.
+        self.dir
+            .as_ref()
+            .map_or(Path::new("/nonexistent"), |d| d.path())
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let below = mounts_below(&mounts, dir.path());
+        for mount in &below {
+            tracing::warn!(mount = %mount.display(), "unmounting what the build left mounted");
+            let _ = Command::new("umount").arg("--lazy").arg(mount).status();
+        }
+        if !below.is_empty() {
+            // Still mounted (umount failed): removing would descend into /proc or /sys.
+            let again = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            if !mounts_below(&again, dir.path()).is_empty() {
+                tracing::error!(dir = %dir.path().display(), "mounts remain; leaving the work directory");
+                let _ = dir.keep();
+                return;
+            }
+        }
+        if let Err(e) = dir.close() {
+            tracing::warn!(error = %e, "removing the build's work directory");
+        }
+    }
+}
+
+/// Mount points at or below `dir` in a `/proc/self/mountinfo` text, deepest first.
+pub fn mounts_below(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal; anything else
+/// (including out-of-range escapes) is kept as it is.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let escaped = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')))
+            .and_then(|v| u8::try_from(v).ok());
+        match escaped {
+            Some(v) => {
+                out.push(v);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_spec_validates_and_fingerprint_tracks_inputs() {
+        let spec = DebianSpec::default().validate().unwrap();
+        assert_eq!(spec.disk_file(), "debian-bookworm.qcow2");
+        let fp = spec.fingerprint();
+        assert_eq!(fp, DebianSpec::default().validate().unwrap().fingerprint());
+        let mut more = DebianSpec::default();
+        more.extra_packages.push("vim".into());
+        assert_ne!(more.validate().unwrap().fingerprint(), fp);
+        let bigger = DebianSpec {
+            size_bytes: 8 << 30,
+            ..DebianSpec::default()
+        };
+        assert_ne!(bigger.validate().unwrap().fingerprint(), fp);
+    }
+
+    #[test]
+    fn invalid_specs_are_refused_before_anything_runs() {
+        let bad = [
+            DebianSpec {
+                release: "sid".into(),
+                ..DebianSpec::default()
+            },
+            DebianSpec {
+                size_bytes: 1 << 30,
+                ..DebianSpec::default()
+            },
+            DebianSpec {
+                extra_packages: vec!["--foreign".into()],
+                ..DebianSpec::default()
+            },
+            DebianSpec {
+                mirror: "file:///".into(),
+                ..DebianSpec::default()
+            },
+        ];
+        for spec in bad {
+            assert!(spec.validate().is_err(), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn debootstrap_argv() {
+        let spec = DebianSpec::default().validate().unwrap();
+        let args = debootstrap_args(&spec, Path::new("/c/debs"), Path::new("/w/root"));
+        assert_eq!(args[0], "--variant=minbase");
+        assert_eq!(args[2], "--cache-dir=/c/debs");
+        assert!(args[3].starts_with("--include=ca-certificates,cloud-guest-utils,cloud-init,"));
+        assert_eq!(
+            &args[4..],
+            ["bookworm", "/w/root", "http://deb.debian.org/debian"]
+        );
+    }
+
+    #[test]
+    fn phase_lines_condense_per_package_output() {
+        let mut verb = String::new();
+        let lines = [
+            "I: Retrieving InRelease ",
+            "I: Retrieving Packages ",
+            "I: Resolving dependencies of required packages...",
+            "I: Retrieving adduser 3.134",
+            "I: Retrieving apt 2.6.1",
+            "I: Validating adduser 3.134",
+            "W: something",
+            "I: Base system installed successfully.",
+        ];
+        let out: Vec<String> = lines
+            .iter()
+            .filter_map(|l| phase_line(&mut verb, l))
+            .collect();
+        assert_eq!(
+            out,
+            [
+                "debootstrap: Retrieving packages…",
+                "debootstrap: Resolving dependencies of required packages...",
+                "debootstrap: Retrieving packages…",
+                "debootstrap: Validating packages…",
+                "debootstrap: Base system installed successfully.",
+            ]
+        );
+    }
+
+    #[test]
+    fn mounts_below_finds_nested_mounts_deepest_first() {
+        let info = "\
+22 1 8:1 / / rw - ext4 /dev/vda rw
+30 22 0:5 / /out/.debian-build.x/root/proc rw - proc proc rw
+31 22 0:6 / /out/.debian-build.x/root/sys rw - sysfs sys rw
+32 31 0:7 / /out/.debian-build.x/root/sys/fs/cgroup rw - cgroup2 c rw
+33 22 0:8 / /out/.debian-build.xy rw - tmpfs t rw
+34 22 0:9 / /out/.debian-build.x/root/a\\040b rw - tmpfs t rw
+";
+        let found = mounts_below(info, Path::new("/out/.debian-build.x"));
+        assert_eq!(
+            found[0],
+            Path::new("/out/.debian-build.x/root/sys/fs/cgroup")
+        );
+        assert_eq!(found.len(), 4);
+        assert!(found.contains(&PathBuf::from("/out/.debian-build.x/root/a b")));
+        assert!(!found.contains(&PathBuf::from("/out/.debian-build.xy")));
+    }
+
+    #[test]
+    fn malformed_mountinfo_does_not_panic() {
+        for text in ["", "\\", "a b c d \\0", "1 2 3 4 \\777\\", "x\n\n\n"] {
+            let _ = mounts_below(text, Path::new("/"));
+        }
+    }
+
+    #[test]
+    fn work_dir_is_removed_on_drop() {
+        let out = tempfile::tempdir().unwrap();
+        let path = {
+            let w = WorkDir::new(out.path()).unwrap();
+            std::fs::create_dir_all(w.path().join("root/etc")).unwrap();
+            std::fs::write(w.path().join("root/etc/x"), b"1").unwrap();
+            w.path().to_owned()
+        };
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+    }
+}
