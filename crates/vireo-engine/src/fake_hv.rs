@@ -478,13 +478,17 @@ impl Machine for FakeMachine {
         self.frozen.store(false, Ordering::SeqCst);
         Ok(())
     }
-    async fn hotplug_nic(&self, nic: &NicSpec) -> Result<(), HvError> {
+    async fn hotplug_nic(
+        &self,
+        nic: &NicSpec,
+        port: vireo_qemu::hotplug::HotplugPort,
+    ) -> Result<(), HvError> {
         self.alive()?;
         let tap = match &nic.backend {
             vireo_types::NicBackend::Tap { ifname } => ifname.clone(),
             vireo_types::NicBackend::User => "user".into(),
         };
-        self.log_nic(format!("add {} {} {tap}", nic.name, nic.mac));
+        self.log_nic(format!("add {} {} {tap} {}", nic.name, nic.mac, port.id()));
         Ok(())
     }
     async fn unplug_nic(&self, nic: &Name, _timeout: Duration) -> Result<(), HvError> {

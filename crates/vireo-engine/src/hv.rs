@@ -165,8 +165,8 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
 
     // ---- NICs while running -----------------------------------------------------------
 
-    /// Hot-adds `nic` (its tap must exist) as a virtio-net device on a free hotplug port.
-    async fn hotplug_nic(&self, nic: &NicSpec) -> Result<(), HvError>;
+    /// Hot-adds `nic` (its tap must exist) as a virtio-net device on hotplug port `port`.
+    async fn hotplug_nic(&self, nic: &NicSpec, port: HotplugPort) -> Result<(), HvError>;
     /// Hot-removes NIC `nic`; the guest must release the device within `timeout`.
     async fn unplug_nic(&self, nic: &Name, timeout: Duration) -> Result<(), HvError>;
     /// Sets NIC `nic`'s link up or down (the guest sees carrier change).

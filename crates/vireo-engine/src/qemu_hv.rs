@@ -24,8 +24,7 @@ use vireo_qemu::argv::LaunchContext;
 use vireo_qemu::hotplug::HotplugPort;
 use vireo_qemu::process::QemuProcess;
 use vireo_qmp::{
-    BlockFormat, BlockNodes, DiskHotplug, GuestAgent, NetdevBackend, NicHotplug, QmpClient,
-    ShutdownMode, VmSnapshot,
+    BlockFormat, BlockNodes, DiskHotplug, GuestAgent, QmpClient, ShutdownMode, VmSnapshot,
 };
 use vireo_types::{BootSource, DiskSpec, Firmware, Name, NicSpec};
 
@@ -703,41 +702,9 @@ impl Machine for QemuMachine {
             .map(|_| ())
             .map_err(agent_err)
     }
-    async fn hotplug_nic(&self, nic: &NicSpec) -> Result<(), HvError> {
+    async fn hotplug_nic(&self, nic: &NicSpec, port: HotplugPort) -> Result<(), HvError> {
         self.alive()?;
-        let mut port = None;
-        for p in HotplugPort::all() {
-            match self.qmp.port_occupant(&p.id()).await {
-                Ok(None) => {
-                    port = Some(p);
-                    break;
-                }
-                Ok(Some(_)) => continue,
-                Err(e) => {
-                    return Err(HvError::Monitor {
-                        command: "qom-list",
-                        detail: chain(&e),
-                    })
-                }
-            }
-        }
-        let port = port.ok_or_else(|| HvError::Monitor {
-            command: "device_add",
-            detail: "no free hotplug port left (stop the VM to add more NICs)".into(),
-        })?;
-        let ids = vireo_qemu::argv::nic_ids(&nic.name);
-        let hp = NicHotplug {
-            device_id: ids.device,
-            netdev_id: ids.netdev,
-            mac: nic.mac.to_string(),
-            backend: match &nic.backend {
-                vireo_types::NicBackend::User => NetdevBackend::User,
-                vireo_types::NicBackend::Tap { ifname } => NetdevBackend::Tap {
-                    ifname: ifname.clone(),
-                },
-            },
-            port: port.id(),
-        };
+        let hp = vireo_qemu::hotplug::nic_hotplug(nic, port);
         self.qmp
             .hot_add_nic(&hp)
             .await

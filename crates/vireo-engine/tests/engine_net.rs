@@ -389,7 +389,10 @@ async fn nic_hotplug_on_a_running_vm() {
     assert_eq!(nic.name.as_str(), "eth1");
     let tap = nic.tap.clone().expect("a live tap");
     let m = env.hv.machine(uuid).unwrap();
-    assert_eq!(m.nic_log(), vec![format!("add eth1 {} {tap}", nic.mac)]);
+    assert_eq!(
+        m.nic_log(),
+        vec![format!("add eth1 {} {tap} vireo_hp0", nic.mac)]
+    );
     let st = env.host.state();
     assert_eq!(st.links[&tap].master.as_deref(), Some("vb-lan"));
     let conf = std::fs::read_to_string(&st.dnsmasq["lan"]).unwrap();
@@ -399,6 +402,8 @@ async fn nic_hotplug_on_a_running_vm() {
     );
     let vm = e.get_vm(None, "vm1").await.unwrap();
     assert_eq!(vm.spec.nics.len(), 2);
+    let placed = e.list_nics(None, "vm1").await.unwrap();
+    assert_eq!(placed.len(), 2);
     assert_eq!(vm.nics[1].network, "lan");
 
     // Link down and a per-VM firewall, live.
@@ -434,6 +439,11 @@ async fn nic_hotplug_on_a_running_vm() {
         nft(&st)
     );
 
+    // eth0 was plugged at boot: it cannot leave a running VM.
+    assert!(matches!(
+        e.remove_nic(None, "vm1", "eth0", "t").await,
+        Err(EngineError::Conflict(_))
+    ));
     e.remove_nic(None, "vm1", "eth1", "t").await.unwrap();
     assert!(m.nic_log().contains(&"remove eth1".to_string()));
     assert!(!env.host.state().links.contains_key(&tap));

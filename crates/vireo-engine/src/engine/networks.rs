@@ -728,7 +728,8 @@ impl Engine {
             .collect())
     }
 
-    /// Adds a NIC; on a running VM it is hot-plugged (tap, then QMP netdev_add/device_add).
+    /// Adds a NIC on a hotplug port (recorded in the VM's placement, so it stays removable
+    /// across restarts); on a running VM it is hot-plugged: tap first, then the device.
     pub async fn add_nic(
         &self,
         project: Option<&Name>,
@@ -739,8 +740,7 @@ impl Engine {
         let p = self.project(project).await?;
         let h = self.handle(&p, vm)?;
         let net = self.net()?.clone();
-        let view = h.view();
-        let rec = view.record.clone();
+        let rec = h.view().record;
         if !matches!(
             rec.state,
             VmState::Stopped | VmState::Crashed | VmState::Running | VmState::Paused
@@ -784,7 +784,8 @@ impl Engine {
                 ifname: a.tap.clone(),
             },
         };
-        // 1. The attachment (reservation, DNS name) — applied so dnsmasq knows the MAC.
+        // 1. The attachment (reservation, DNS name): dnsmasq knows the MAC before the guest
+        //    asks.
         let key = nics_key(rec.uuid);
         let (a2, project_name, vm_name, uuid) =
             (a.clone(), rec.project.clone(), rec.name.clone(), rec.uuid);
@@ -803,41 +804,39 @@ impl Engine {
             db.put_json(&key, &v).await.map(drop)
         })
         .await?;
-        // 2. The VM record.
-        let (sn, netname) = (spec_nic.clone(), req.network.to_string());
-        let res = update_live(&h, move |r| {
-            r.spec.nics.push(sn);
-            r.networks.resize(r.spec.nics.len() - 1, String::new());
-            r.networks.push(netname);
-            r.spec
-                .validate()
-                .map_err(|e| EngineError::invalid("network", e.to_string()))
-        })
-        .await;
+        // 2. Port, hotplug (running VMs) and record, with the VM to ourselves.
+        let (net2, a2, sn, netname) = (
+            net.clone(),
+            a.clone(),
+            spec_nic.clone(),
+            req.network.to_string(),
+        );
+        let res = h
+            .exclusive(Box::new(move |mut rec, machine| {
+                Box::pin(async move {
+                    let port = rec.placement.free_port().ok_or_else(|| {
+                        EngineError::Conflict(format!(
+                            "VM {} has no free hotplug port left for another NIC",
+                            rec.name
+                        ))
+                    })?;
+                    rec.spec.nics.push(sn.clone());
+                    rec.networks.resize(rec.spec.nics.len() - 1, String::new());
+                    rec.networks.push(netname);
+                    rec.placement.nics.insert(sn.name.clone(), port);
+                    rec.spec
+                        .validate()
+                        .map_err(|e| EngineError::invalid("network", e.to_string()))?;
+                    if let Some(m) = machine.filter(|_| rec.state.has_process()) {
+                        hotplug(&net2, &m, &rec.name, rec.uuid, &a2, &sn, port).await?;
+                    }
+                    Ok(Some(rec))
+                })
+            }))
+            .await;
         if let Err(e) = res {
             self.drop_attachment(rec.uuid, &name).await;
             return Err(e);
-        }
-        // 3. Hotplug.
-        if let Some(m) = h.view().machine {
-            if let Err(e) = self
-                .hotplug(&net, &m, &rec.name, rec.uuid, &a, &spec_nic)
-                .await
-            {
-                let n2 = name.clone();
-                let _ = update_live(&h, move |r| {
-                    if let Some(i) = r.spec.nics.iter().position(|x| x.name == n2) {
-                        r.spec.nics.remove(i);
-                        if i < r.networks.len() {
-                            r.networks.remove(i);
-                        }
-                    }
-                    Ok(())
-                })
-                .await;
-                self.drop_attachment(rec.uuid, &name).await;
-                return Err(e);
-            }
         }
         self.inner.events.emit(
             "vm.nic_added",
@@ -848,33 +847,6 @@ impl Engine {
         );
         let live = net.live_taps(rec.uuid).await;
         Ok(self.detail(&spec_nic, req.network.as_str(), Some(&a), &live))
-    }
-
-    async fn hotplug(
-        &self,
-        net: &Arc<NetManager>,
-        m: &Arc<dyn crate::hv::Machine>,
-        vm: &Name,
-        uuid: Uuid,
-        a: &NicAttachment,
-        spec_nic: &NicSpec,
-    ) -> Result<()> {
-        net.plug_hot(uuid, vm, a).await?;
-        let hv_err = |e: crate::hv::HvError| {
-            EngineError::Unavailable(format!("hot-plugging NIC {}: {e}", a.nic))
-        };
-        let res = async {
-            m.hotplug_nic(spec_nic).await.map_err(hv_err)?;
-            if !a.link_up {
-                m.set_nic_link(&a.nic, false).await.map_err(hv_err)?;
-            }
-            Ok(())
-        }
-        .await;
-        if res.is_err() {
-            let _ = net.unplug_nic(uuid, &a.tap).await;
-        }
-        res
     }
 
     async fn drop_attachment(&self, uuid: Uuid, nic: &Name) {
@@ -900,7 +872,7 @@ impl Engine {
         }
     }
 
-    /// Removes a NIC; on a running VM it is hot-unplugged first.
+    /// Removes a NIC; on a running VM it is hot-unplugged first (and its tap removed).
     pub async fn remove_nic(
         &self,
         project: Option<&Name>,
@@ -910,9 +882,14 @@ impl Engine {
     ) -> Result<()> {
         let p = self.project(project).await?;
         let h = self.handle(&p, vm)?;
-        let view = h.view();
-        let rec = view.record.clone();
-        let Some(idx) = rec.spec.nics.iter().position(|n| n.name.as_str() == nic) else {
+        let rec = h.view().record;
+        let Some(spec_nic) = rec
+            .spec
+            .nics
+            .iter()
+            .find(|n| n.name.as_str() == nic)
+            .cloned()
+        else {
             return Err(not_found("NIC", nic));
         };
         if !matches!(
@@ -924,27 +901,34 @@ impl Engine {
                 rec.state
             )));
         }
-        let spec_nic = rec.spec.nics[idx].clone();
-        if let Some(m) = view.machine {
-            m.unplug_nic(&spec_nic.name, UNPLUG_WAIT)
-                .await
-                .map_err(|e| EngineError::Unavailable(format!("hot-unplugging NIC {nic}: {e}")))?;
-            if let (Some(net), NicBackend::Tap { ifname }) =
-                (self.inner.net.get(), &spec_nic.backend)
-            {
-                net.unplug_nic(rec.uuid, ifname).await?;
-            }
-        }
-        let n2 = spec_nic.name.clone();
-        update_live(&h, move |r| {
-            if let Some(i) = r.spec.nics.iter().position(|x| x.name == n2) {
-                r.spec.nics.remove(i);
-                if i < r.networks.len() {
-                    r.networks.remove(i);
+        let net = self.inner.net.get().cloned();
+        let sn = spec_nic.clone();
+        h.exclusive(Box::new(move |mut rec, machine| {
+            Box::pin(async move {
+                if let Some(m) = machine.filter(|_| rec.state.has_process()) {
+                    if rec.placement.nic_port(&sn.name).is_none() {
+                        return Err(EngineError::Conflict(format!(
+                            "NIC {} was plugged at boot, not on a hotplug port; stop VM {} to remove it",
+                            sn.name, rec.name
+                        )));
+                    }
+                    m.unplug_nic(&sn.name, UNPLUG_WAIT).await.map_err(|e| {
+                        EngineError::Conflict(format!("hot-unplugging NIC {}: {e}", sn.name))
+                    })?;
+                    if let (Some(net), NicBackend::Tap { ifname }) = (&net, &sn.backend) {
+                        net.unplug_nic(rec.uuid, ifname).await?;
+                    }
                 }
-            }
-            Ok(())
-        })
+                if let Some(i) = rec.spec.nics.iter().position(|x| x.name == sn.name) {
+                    rec.spec.nics.remove(i);
+                    if i < rec.networks.len() {
+                        rec.networks.remove(i);
+                    }
+                }
+                rec.placement.nics.remove(&sn.name);
+                Ok(Some(rec))
+            })
+        }))
         .await?;
         self.drop_attachment(rec.uuid, &spec_nic.name).await;
         self.inner.events.emit(
@@ -1088,17 +1072,30 @@ impl Engine {
     }
 }
 
-/// Changes a VM's record in any state, through the actor (NIC changes are made to the running
-/// QEMU first, then recorded).
-async fn update_live(
-    h: &crate::actor::VmHandle,
-    f: impl FnOnce(&mut crate::records::VmRecord) -> Result<()> + Send + 'static,
+/// Tap (registered with the running QEMU's generation), then the device on `port`; the tap
+/// goes again if QEMU refuses the device.
+async fn hotplug(
+    net: &Arc<NetManager>,
+    m: &Arc<dyn crate::hv::Machine>,
+    vm: &Name,
+    uuid: Uuid,
+    a: &NicAttachment,
+    spec_nic: &NicSpec,
+    port: vireo_qemu::hotplug::HotplugPort,
 ) -> Result<()> {
-    h.exclusive(Box::new(move |mut rec, _machine| {
-        Box::pin(async move {
-            f(&mut rec)?;
-            Ok(Some(rec))
-        })
-    }))
-    .await
+    net.plug_hot(uuid, vm, a).await?;
+    let hv_err =
+        |e: crate::hv::HvError| EngineError::Conflict(format!("hot-plugging NIC {}: {e}", a.nic));
+    let res = async {
+        m.hotplug_nic(spec_nic, port).await.map_err(hv_err)?;
+        if !a.link_up {
+            m.set_nic_link(&a.nic, false).await.map_err(hv_err)?;
+        }
+        Ok(())
+    }
+    .await;
+    if res.is_err() {
+        let _ = net.unplug_nic(uuid, &a.tap).await;
+    }
+    res
 }
