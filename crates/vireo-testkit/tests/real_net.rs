@@ -372,6 +372,27 @@ fn real_net_managed_networks_end_to_end() {
         },
     );
 
+    // ... and leaves again while the VM runs (device gone from the guest, tap gone).
+    let nic_name = nic["name"].as_str().unwrap().to_string();
+    let tap = nic["tap"].as_str().unwrap().to_string();
+    d.ok(&["vm", "nic", "remove", "c", &nic_name]);
+    eventually(
+        "hot-removed NIC leaves the guest",
+        Duration::from_secs(30),
+        || {
+            let (ok, out) = exec(
+                &d,
+                "c",
+                &format!("test ! -e /sys/class/net/{ifname} && echo gone"),
+            );
+            (ok, out)
+        },
+    );
+    assert!(
+        !lab.snapshot().0.contains(&tap),
+        "tap {tap} survived the NIC"
+    );
+
     // More bad input now that VMs exist: VLAN 0/5000, duplicate MAC, network in use.
     let before = lab.snapshot();
     let a_mac = nic_json(&d, "a", "eth0")["mac"]
