@@ -505,3 +505,58 @@ async fn reconcile_recreates_missing_and_removes_only_own_leftovers() {
         Err(EngineError::Precondition { .. })
     ));
 }
+
+#[tokio::test]
+async fn linux_bridge_vlans_where_the_kernel_has_vlan_filtering() {
+    let dir = tempfile::tempdir().unwrap();
+    let hv = FakeHypervisor::new();
+    let host = fake_host();
+    host.edit(|st| st.vlan_filtering = true);
+    let e = open_net(dir.path(), hv.clone(), host.clone()).await;
+    let op = e
+        .build_image(
+            BuildImageRequest {
+                builder: name("tiny"),
+                name: None,
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    assert_eq!(wait(&e, &op).await.status, OperationStatus::Succeeded);
+    e.create_network(
+        net_req("lan", NetworkType::Isolated, Some("10.50.0.0/24")),
+        "t",
+    )
+    .await
+    .unwrap();
+    let mut req = create_req("vm1", false);
+    req.networks = Some(vec![]);
+    let op = e.create_vm(None, req, "test").await.unwrap();
+    assert_eq!(wait(&e, &op).await.status, OperationStatus::Succeeded);
+    let mut r = nic_req("lan");
+    r.vlan = Some(10);
+    let nic = e.add_nic(None, "vm1", r, "t").await.unwrap();
+    assert_eq!(nic.vlan, Some(10));
+    act(&e, "vm1", VmAction::Start).await;
+    let st = host.state();
+    let tap = e.list_nics(None, "vm1").await.unwrap()[0]
+        .tap
+        .clone()
+        .unwrap();
+    assert!(
+        st.calls.contains(&"set_vlan_filtering vb-lan".to_string()),
+        "{:?}",
+        st.calls
+    );
+    assert_eq!(st.access_vlans.get(&tap), Some(&10));
+    // VLAN 0 and 5000 stay invalid here too.
+    for v in [0, 5000] {
+        let mut r = nic_req("lan");
+        r.vlan = Some(v);
+        assert!(matches!(
+            e.add_nic(None, "vm1", r, "t").await,
+            Err(EngineError::Invalid { .. })
+        ));
+    }
+}

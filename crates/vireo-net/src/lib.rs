@@ -7,6 +7,7 @@
 //! the host's own interfaces and rules are never touched.
 
 pub mod addr;
+pub mod bridge_vlan;
 pub mod dnsmasq;
 pub mod host;
 pub mod nft;

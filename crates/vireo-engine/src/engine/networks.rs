@@ -555,11 +555,11 @@ impl Engine {
         };
         if let Some(v) = req.vlan {
             vireo_net::VlanId::new(v).map_err(|e| EngineError::invalid("vlan", e.to_string()))?;
-            if n.kind != NetworkType::Ovs {
+            if n.kind != NetworkType::Ovs && net.bridge_vlan_filtering().await != Ok(true) {
                 return Err(EngineError::invalid(
                     "vlan",
                     format!(
-                        "VLAN tags need an ovs network; network {:?} is {} (this host's Linux bridges have no vlan_filtering, see GET /v1/host)",
+                        "VLAN tags on network {:?} ({}) need bridge vlan_filtering, which this host's kernel lacks (see GET /v1/host); use an ovs network",
                         n.name.as_str(),
                         n.kind.as_str()
                     ),

@@ -300,6 +300,16 @@ impl NetManager {
                 if !report.created.is_empty() || !report.removed.is_empty() {
                     tracing::info!(created = ?report.created, removed = ?report.removed, "network links reconciled");
                 }
+                // VLANs on Linux bridges (only planned when the kernel has vlan_filtering).
+                for b in &d.vlan_bridges {
+                    host.set_vlan_filtering(b)
+                        .map_err(|e| host_err(&format!("vlan_filtering on {b}"), e))?;
+                }
+                for (tap, vlan) in &d.access_vlans {
+                    host.set_access_vlan(tap, *vlan).map_err(|e| {
+                        host_err(&format!("access VLAN {} on {tap}", vlan.get()), e)
+                    })?;
+                }
                 for (iface, bridge) in &d.enslave {
                     host.set_master(iface, bridge)
                         .and_then(|()| host.set_up(iface, true))

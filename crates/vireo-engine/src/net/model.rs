@@ -293,6 +293,10 @@ pub struct DesiredState {
     pub bridges: Vec<DesiredBridge>,
     /// Taps on Linux bridges.
     pub taps: Vec<DesiredTap>,
+    /// Linux bridges that need `vlan_filtering` (a NIC on them has a VLAN tag).
+    pub vlan_bridges: Vec<IfName>,
+    /// Access VLAN of taps on Linux bridges.
+    pub access_vlans: Vec<(IfName, VlanId)>,
     /// Host interfaces to enslave to a bridge (bridged networks): (interface, bridge).
     pub enslave: Vec<(String, IfName)>,
     /// OVS bridges and their ports: bridge → [(tap, vlan)] and optional trunk uplink.
@@ -327,6 +331,8 @@ pub fn desired_state(
     let mut st = DesiredState {
         bridges: vec![],
         taps: vec![],
+        vlan_bridges: vec![],
+        access_vlans: vec![],
         enslave: vec![],
         ovs: vec![],
         ruleset: Ruleset::default(),
@@ -489,6 +495,13 @@ pub fn desired_state(
                 b.ports.push((tap, vlan, mtu, a.link_up));
             }
             continue;
+        }
+        if let Some(v) = a.vlan {
+            let v = VlanId::new(v).map_err(|e| bad("vlan", e.to_string()))?;
+            st.access_vlans.push((tap.clone(), v));
+            if !st.vlan_bridges.contains(&bridge) {
+                st.vlan_bridges.push(bridge.clone());
+            }
         }
         st.taps.push(DesiredTap {
             name: tap.clone(),

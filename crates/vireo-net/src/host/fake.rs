@@ -19,6 +19,8 @@ pub struct FakeState {
     pub routes: Vec<RouteInfo>,
     /// What `probe_bridge_vlan_filtering` answers.
     pub vlan_filtering: bool,
+    /// Access VLAN per port (`set_access_vlan`).
+    pub access_vlans: BTreeMap<String, u16>,
     /// Every successful mutating call, in order (e.g. `create_bridge vb-a`).
     pub calls: Vec<String>,
 }
@@ -203,5 +205,30 @@ impl HostNet for FakeHost {
 
     fn probe_bridge_vlan_filtering(&self) -> Result<bool, HostError> {
         Ok(self.lock().vlan_filtering)
+    }
+
+    fn set_vlan_filtering(&self, bridge: &IfName) -> Result<(), HostError> {
+        let mut st = self.lock();
+        if !st.vlan_filtering {
+            return Err(HostError::Fake {
+                what: "this fake kernel has no bridge vlan_filtering".into(),
+            });
+        }
+        st.calls.push(format!("set_vlan_filtering {bridge}"));
+        Ok(())
+    }
+
+    fn set_access_vlan(&self, port: &IfName, vlan: VlanId) -> Result<(), HostError> {
+        let mut st = self.lock();
+        if !st.links.contains_key(port.as_str()) {
+            return Err(HostError::Fake {
+                what: format!("no link {port}"),
+            });
+        }
+        if st.access_vlans.insert(port.to_string(), vlan.get()) != Some(vlan.get()) {
+            st.calls
+                .push(format!("set_access_vlan {port} {}", vlan.get()));
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,8 @@
 //! can be removed. Calls are blocking (they spawn short-lived processes); async callers should
 //! use `spawn_blocking`.
 
-use crate::addr::{IfName, Ipv4Cidr, Mtu, BRIDGE_PREFIX, TAP_PREFIX};
+use crate::addr::{IfName, Ipv4Cidr, Mtu, VlanId, BRIDGE_PREFIX, TAP_PREFIX};
+use crate::bridge_vlan::{self, NetlinkSocket, VlanError};
 use crate::nft::{NftSnapshot, SnapshotError};
 use crate::supervise::{ChildStatus, SuperviseError, Supervisor};
 use crate::tap::{self, TapError};
@@ -55,6 +56,12 @@ pub enum HostError {
         network: String,
         #[source]
         source: SuperviseError,
+    },
+    #[error("bridge VLAN configuration of {link}")]
+    Vlan {
+        link: String,
+        #[source]
+        source: VlanError,
     },
     #[error("fake host: {what}")]
     Fake { what: String },
@@ -104,6 +111,10 @@ pub trait HostNet: Send + Sync {
     /// Whether a Linux bridge accepts `vlan_filtering 1`: creates and deletes the throwaway
     /// bridge `vb-vlanprobe`.
     fn probe_bridge_vlan_filtering(&self) -> Result<bool, HostError>;
+    /// Turns `vlan_filtering` on for a Vireo bridge (rtnetlink, see [`crate::bridge_vlan`]).
+    fn set_vlan_filtering(&self, bridge: &IfName) -> Result<(), HostError>;
+    /// Makes `port` an access port of `vlan` on its vlan-filtering bridge (idempotent).
+    fn set_access_vlan(&self, port: &IfName, vlan: VlanId) -> Result<(), HostError>;
 }
 
 /// An IPv4 route as listed by the host.
@@ -197,6 +208,42 @@ impl IpHost {
             }
             None => Command::new(program),
         }
+    }
+
+    fn ifindex(&self, link: &str) -> Result<i32, HostError> {
+        check_link(link)?;
+        let json = self.ip(&["-j", "link", "show", "dev", link])?;
+        let v: serde_json::Value = serde_json::from_str(&json).map_err(HostError::LinkJson)?;
+        v[0]["ifindex"]
+            .as_i64()
+            .and_then(|i| i32::try_from(i).ok())
+            .ok_or_else(|| HostError::LinkName {
+                name: link.to_owned(),
+            })
+    }
+
+    /// Sends rtnetlink requests in this host's namespace; with `first_may_fail`, an ENOENT
+    /// answer to the first request (removing something already removed) is not an error.
+    fn netlink(&self, link: &str, msgs: &[Vec<u8>], first_may_fail: bool) -> Result<(), HostError> {
+        let send = || -> Result<(), VlanError> {
+            let sock = NetlinkSocket::open()?;
+            for (i, m) in msgs.iter().enumerate() {
+                match sock.request(m) {
+                    Err(VlanError::Kernel(e))
+                        if i == 0 && first_may_fail && e.raw_os_error() == Some(libc::ENOENT) => {}
+                    other => other?,
+                }
+            }
+            Ok(())
+        };
+        let res = match &self.netns {
+            None => send(),
+            Some(ns) => tap::in_netns(ns, send).map_err(HostError::Tap)?,
+        };
+        res.map_err(|source| HostError::Vlan {
+            link: link.to_owned(),
+            source,
+        })
     }
 
     fn ip(&self, args: &[&str]) -> Result<String, HostError> {
@@ -432,6 +479,27 @@ impl HostNet for IpHost {
     fn list_routes(&self) -> Result<Vec<RouteInfo>, HostError> {
         let json = self.ip(&["-j", "-4", "route", "show", "table", "all"])?;
         parse_ip_routes(&json).map_err(HostError::LinkJson)
+    }
+
+    fn set_vlan_filtering(&self, bridge: &IfName) -> Result<(), HostError> {
+        let idx = self.ifindex(bridge.as_str())?;
+        let msg =
+            bridge_vlan::vlan_filtering_msg(1, idx, true).map_err(|source| HostError::Vlan {
+                link: bridge.to_string(),
+                source,
+            })?;
+        self.netlink(bridge.as_str(), &[msg], false)
+    }
+
+    fn set_access_vlan(&self, port: &IfName, vlan: VlanId) -> Result<(), HostError> {
+        let idx = self.ifindex(port.as_str())?;
+        let msgs =
+            bridge_vlan::access_port_msgs(1, idx, vlan).map_err(|source| HostError::Vlan {
+                link: port.to_string(),
+                source,
+            })?;
+        // The first message removes VLAN 1, which is already gone on a second pass.
+        self.netlink(port.as_str(), &msgs, true)
     }
 
     fn probe_bridge_vlan_filtering(&self) -> Result<bool, HostError> {
