@@ -4,7 +4,7 @@
 set -euo pipefail
 
 # Debian packages Vireo runs or builds guests from (chromium: the UI's browser tests).
-PKGS=(qemu-system-x86 qemu-utils ovmf busybox-static qemu-guest-agent dnsmasq-base nftables
+PKGS=(qemu-system-x86 qemu-utils ovmf busybox-static qemu-guest-agent dnsmasq-base nftables openvswitch-switch
       iproute2 e2fsprogs time procps grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools fdisk
       genisoimage xorriso chromium debootstrap)
 

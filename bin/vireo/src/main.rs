@@ -12,6 +12,7 @@ mod image;
 // The local image tools (`vireo image info|convert|create|check|compare|map`) are written by
 // the image engineer in image_local.rs and flattened into `vireo image` (see image.rs).
 mod image_local;
+mod network;
 mod output;
 mod progress;
 mod storage;
@@ -173,6 +174,9 @@ enum Command {
     Project(admin::ProjectCmd),
     /// Print the daemon's events as JSON lines until Ctrl-C.
     Events(admin::EventsArgs),
+    /// Managed networks (nat, bridged, isolated, ovs).
+    #[command(subcommand, alias = "net")]
+    Network(network::NetworkCmd),
     /// Storage pools and volumes.
     #[command(subcommand)]
     Storage(storage::StorageCmd),
@@ -219,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Token(cmd) => admin::token(global, cmd).await,
         Command::Project(cmd) => admin::project(global, cmd).await,
         Command::Events(args) => admin::events(global, args).await,
+        Command::Network(cmd) => network::run(global, cmd).await,
         Command::Storage(cmd) => storage::run(global, cmd).await,
     }
 }

@@ -96,7 +96,7 @@ pub(crate) fn or_dash(s: Option<impl ToString>) -> String {
     s.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
 }
 
-fn yes_no(b: bool) -> String {
+pub(crate) fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_string()
 }
 

@@ -76,6 +76,9 @@ pub enum VmCmd {
     /// Delete a stopped VM and its disks.
     #[command(alias = "rm")]
     Delete(DeleteArgs),
+    /// A VM's NICs (add and remove are hot-plugged on running VMs).
+    #[command(subcommand)]
+    Nic(crate::network::NicCmd),
     /// Attach to a VM's serial console (detach with Ctrl-] then q).
     Console(ConsoleArgs),
     /// Print the VM's recent serial console output.
@@ -294,6 +297,7 @@ pub async fn run(global: &GlobalArgs, cmd: VmCmd) -> anyhow::Result<u8> {
     let format = global.output();
     match cmd {
         VmCmd::Create(args) => create(&client, format, *args).await,
+        VmCmd::Nic(cmd) => crate::network::nic(global, cmd).await,
         VmCmd::Snapshot(cmd) => crate::vm_storage::snapshot(&client, format, cmd).await,
         VmCmd::Clone(args) => crate::vm_storage::clone(&client, format, args).await,
         VmCmd::Template { name } => crate::vm_storage::template(&client, format, name).await,

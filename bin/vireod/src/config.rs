@@ -74,6 +74,32 @@ pub struct FileConfig {
     pub image_cache_dir: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `[network]`: managed networks.
+    pub network: Option<NetworkFileConfig>,
+}
+
+/// The `[network]` section.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFileConfig {
+    /// Manage bridges, taps, nftables and dnsmasq (default true). Off: only QEMU's `user`
+    /// network exists and the daemon touches no host networking at all.
+    pub managed: Option<bool>,
+    /// Create the `default` nat network on first start (default true).
+    pub default_network: Option<bool>,
+    /// Masquerade interface of nat networks (default: the default route's interface).
+    pub uplink: Option<String>,
+    /// Start Vireo's own Open vSwitch (userspace datapath) when installed (default true).
+    pub ovs: Option<bool>,
+}
+
+/// Effective `[network]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub managed: bool,
+    pub default_network: bool,
+    pub uplink: Option<String>,
+    pub ovs: bool,
 }
 
 /// Flags and environment overrides.
@@ -98,6 +124,7 @@ pub struct Config {
     pub image_cache_dir: PathBuf,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub network: NetworkConfig,
 }
 
 pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
@@ -162,6 +189,26 @@ pub fn resolve(file: FileConfig, o: Overrides, hostname: &str) -> Result<Config,
             message: "tls_cert and tls_key must be given together".into(),
         });
     }
+    let net = file.network.unwrap_or_default();
+    if let Some(u) = &net.uplink {
+        let ok = !u.is_empty()
+            && u.len() <= 15
+            && !u.starts_with('-')
+            && u.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return Err(ConfigError::Invalid {
+                key: "network.uplink",
+                message: format!("{u:?} is not an interface name"),
+            });
+        }
+    }
+    let network = NetworkConfig {
+        managed: net.managed.unwrap_or(true),
+        default_network: net.default_network.unwrap_or(true),
+        uplink: net.uplink,
+        ovs: net.ovs.unwrap_or(true),
+    };
     let image_cache_dir = file
         .image_cache_dir
         .unwrap_or_else(|| state_dir.join("cache"));
@@ -177,6 +224,7 @@ pub fn resolve(file: FileConfig, o: Overrides, hostname: &str) -> Result<Config,
         tls_cert: file.tls_cert,
         tls_key: file.tls_key,
         state_dir,
+        network,
     })
 }
 
@@ -193,6 +241,28 @@ mod tests {
         assert_eq!(c.accel, AccelPolicy::Auto);
         assert_eq!(c.listen, None);
         assert_eq!(c.image_cache_dir, PathBuf::from("/var/lib/vireo/cache"));
+        assert!(c.network.managed && c.network.default_network && c.network.ovs);
+    }
+
+    #[test]
+    fn network_section() {
+        let f = parse_file(
+            Path::new("c"),
+            "[network]\nmanaged = false\ndefault_network = false\nuplink = \"veth0\"\n",
+        )
+        .unwrap();
+        let c = resolve(f, Overrides::default(), "h").unwrap();
+        assert!(!c.network.managed && !c.network.default_network);
+        assert_eq!(c.network.uplink.as_deref(), Some("veth0"));
+        assert!(parse_file(Path::new("c"), "[network]\nmanagd = false\n").is_err());
+        let f = parse_file(Path::new("c"), "[network]\nuplink = \"a b\"\n").unwrap();
+        assert!(matches!(
+            resolve(f, Overrides::default(), "h"),
+            Err(ConfigError::Invalid {
+                key: "network.uplink",
+                ..
+            })
+        ));
     }
 
     #[test]

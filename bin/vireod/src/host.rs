@@ -49,5 +49,6 @@ pub fn host_info(s: &AppState) -> HostInfo {
         vms_total: total,
         vms_running: running,
         uptime_s: s.engine.uptime().as_secs(),
+        network: Default::default(),
     }
 }

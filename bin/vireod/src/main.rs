@@ -15,6 +15,7 @@ mod config;
 mod host;
 mod listen;
 mod metrics;
+mod network;
 mod tls;
 mod tokens;
 mod ui;
@@ -141,17 +142,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }),
     );
 
+    let (engine_hv, net) = network::setup(&cfg, store.clone(), hv.clone()).await;
     let engine = vireo_engine::Engine::open(
         vireo_engine::EngineConfig {
             state_dir: cfg.state_dir.clone(),
             node: cfg.node.clone(),
         },
         store.clone(),
-        hv.clone(),
+        engine_hv,
         builders,
     )
     .await
     .context("opening the engine")?;
+    network::start(&engine, net).await?;
 
     let state = api::AppState {
         engine: engine.clone(),

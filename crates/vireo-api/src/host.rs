@@ -29,4 +29,7 @@ pub struct HostInfo {
     pub vms_total: u32,
     pub vms_running: u32,
     pub uptime_s: u64,
+    /// Managed networks and the VLAN back-ends this host supports.
+    #[serde(default)]
+    pub network: crate::networks::NetworkSupport,
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod host;
 pub mod images;
+pub mod networks;
 pub mod operations;
 pub mod projects;
 pub mod snapshots;

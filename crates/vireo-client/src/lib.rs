@@ -17,6 +17,7 @@
 //!   path; `?project=` is sent only on project-scoped endpoints (`/v1/vms…`).
 
 mod error;
+mod networks;
 pub mod remote;
 mod snapshots;
 mod storage;

@@ -36,7 +36,10 @@ impl Db {
         &self.store
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>> {
+    pub(crate) async fn get_json<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<(T, u64)>> {
         let kv = self
             .store
             .get(key)
@@ -52,7 +55,10 @@ impl Db {
         }
     }
 
-    async fn list_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(T, u64)>> {
+    pub(crate) async fn list_json<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(T, u64)>> {
         let r = self
             .store
             .range(prefix)
@@ -68,7 +74,7 @@ impl Db {
         Ok(out)
     }
 
-    async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<u64> {
+    pub(crate) async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<u64> {
         let bytes = serde_json::to_vec(value).map_err(|e| store_err("encoding a record", e))?;
         let r = self
             .store
@@ -79,7 +85,12 @@ impl Db {
     }
 
     /// Writes `value` only if `key` does not exist yet.
-    async fn create_json<T: Serialize>(&self, key: &str, value: &T, what: &str) -> Result<u64> {
+    pub(crate) async fn create_json<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        what: &str,
+    ) -> Result<u64> {
         let bytes = serde_json::to_vec(value).map_err(|e| store_err("encoding a record", e))?;
         let r = self
             .store

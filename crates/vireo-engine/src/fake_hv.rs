@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 use vireo_image::{Limits, PathPolicy};
-use vireo_types::{BootSource, DiskSpec, Name};
+use vireo_types::{BootSource, DiskSpec, Name, NicSpec};
 
 use crate::console::Console;
 use crate::hv::{
@@ -163,6 +163,9 @@ pub struct FakeMachine {
     frozen: AtomicBool,
     /// How many times the agent froze filesystems.
     pub freezes: AtomicU32,
+    /// NIC hotplug calls received, in order (`add eth1 <mac> <tap>`, `remove eth1`,
+    /// `link eth1 false`).
+    nic_log: Mutex<Vec<String>>,
 }
 
 impl FakeMachine {
@@ -187,6 +190,7 @@ impl FakeMachine {
             saved_states,
             frozen: AtomicBool::new(false),
             freezes: AtomicU32::new(0),
+            nic_log: Mutex::new(vec![]),
         });
         // The guest "prints" its boot banner and echoes what is typed.
         console.push_output(b"fake guest booting\r\nVIREO-GUEST-READY\r\n");
@@ -474,6 +478,29 @@ impl Machine for FakeMachine {
         self.frozen.store(false, Ordering::SeqCst);
         Ok(())
     }
+    async fn hotplug_nic(
+        &self,
+        nic: &NicSpec,
+        port: vireo_qemu::hotplug::HotplugPort,
+    ) -> Result<(), HvError> {
+        self.alive()?;
+        let tap = match &nic.backend {
+            vireo_types::NicBackend::Tap { ifname } => ifname.clone(),
+            vireo_types::NicBackend::User => "user".into(),
+        };
+        self.log_nic(format!("add {} {} {tap} {}", nic.name, nic.mac, port.id()));
+        Ok(())
+    }
+    async fn unplug_nic(&self, nic: &Name, _timeout: Duration) -> Result<(), HvError> {
+        self.alive()?;
+        self.log_nic(format!("remove {nic}"));
+        Ok(())
+    }
+    async fn set_nic_link(&self, nic: &Name, up: bool) -> Result<(), HvError> {
+        self.alive()?;
+        self.log_nic(format!("link {nic} {up}"));
+        Ok(())
+    }
 }
 
 /// The fake opens only files the engine gave it.
@@ -484,6 +511,21 @@ fn open_policy() -> PathPolicy {
 }
 
 impl FakeMachine {
+    fn log_nic(&self, entry: String) {
+        self.nic_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry);
+    }
+
+    /// NIC hotplug calls received so far.
+    pub fn nic_log(&self) -> Vec<String> {
+        self.nic_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Names of the attached disks.
     pub fn disk_names(&self) -> Vec<String> {
         self.disks

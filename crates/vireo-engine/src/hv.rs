@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 use vireo_qemu::hotplug::{HotplugPlacement, HotplugPort};
-use vireo_types::{DiskSpec, Name, VmSpec};
+use vireo_types::{DiskSpec, Name, NicSpec, VmSpec};
 
 use crate::console::Console;
 
@@ -162,4 +162,13 @@ pub trait Machine: Send + Sync + std::fmt::Debug {
     async fn agent_fsfreeze(&self, timeout: Duration) -> Result<u32, HvError>;
     /// Thaws what [`Machine::agent_fsfreeze`] froze.
     async fn agent_fsthaw(&self, timeout: Duration) -> Result<(), HvError>;
+
+    // ---- NICs while running -----------------------------------------------------------
+
+    /// Hot-adds `nic` (its tap must exist) as a virtio-net device on hotplug port `port`.
+    async fn hotplug_nic(&self, nic: &NicSpec, port: HotplugPort) -> Result<(), HvError>;
+    /// Hot-removes NIC `nic`; the guest must release the device within `timeout`.
+    async fn unplug_nic(&self, nic: &Name, timeout: Duration) -> Result<(), HvError>;
+    /// Sets NIC `nic`'s link up or down (the guest sees carrier change).
+    async fn set_nic_link(&self, nic: &Name, up: bool) -> Result<(), HvError>;
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod fake_hv;
 pub mod hv;
+pub mod net;
 pub mod ops;
 pub mod qemu_hv;
 pub mod records;

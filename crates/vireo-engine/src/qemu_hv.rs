@@ -26,7 +26,7 @@ use vireo_qemu::process::QemuProcess;
 use vireo_qmp::{
     BlockFormat, BlockNodes, DiskHotplug, GuestAgent, QmpClient, ShutdownMode, VmSnapshot,
 };
-use vireo_types::{BootSource, DiskSpec, Firmware, Name};
+use vireo_types::{BootSource, DiskSpec, Firmware, Name, NicSpec};
 
 use crate::console::{Console, HISTORY_BYTES};
 use crate::error::chain;
@@ -701,5 +701,38 @@ impl Machine for QemuMachine {
             .await
             .map(|_| ())
             .map_err(agent_err)
+    }
+    async fn hotplug_nic(&self, nic: &NicSpec, port: HotplugPort) -> Result<(), HvError> {
+        self.alive()?;
+        let hp = vireo_qemu::hotplug::nic_hotplug(nic, port);
+        self.qmp
+            .hot_add_nic(&hp)
+            .await
+            .map_err(|e| HvError::Monitor {
+                command: "device_add",
+                detail: chain(&e),
+            })
+    }
+    async fn unplug_nic(&self, nic: &Name, timeout: Duration) -> Result<(), HvError> {
+        self.alive()?;
+        let ids = vireo_qemu::argv::nic_ids(nic);
+        self.qmp
+            .hot_remove_nic(&ids.device, &ids.netdev, timeout)
+            .await
+            .map_err(|e| HvError::Monitor {
+                command: "device_del",
+                detail: chain(&e),
+            })
+    }
+    async fn set_nic_link(&self, nic: &Name, up: bool) -> Result<(), HvError> {
+        self.alive()?;
+        let ids = vireo_qemu::argv::nic_ids(nic);
+        self.qmp
+            .set_link(&ids.device, up)
+            .await
+            .map_err(|e| HvError::Monitor {
+                command: "set_link",
+                detail: chain(&e),
+            })
     }
 }

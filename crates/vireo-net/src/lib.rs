@@ -7,12 +7,14 @@
 //! the host's own interfaces and rules are never touched.
 
 pub mod addr;
+pub mod bridge_vlan;
 pub mod dnsmasq;
 pub mod host;
 pub mod nft;
+pub mod ovs;
 pub mod subnet;
 pub mod supervise;
 pub mod tap;
 
 pub use addr::{AddrError, HostName, IfName, Ipv4Cidr, MacAddr, Mtu, VlanId};
-pub use host::{FakeHost, HostError, HostNet, IpHost};
+pub use host::{FakeHost, HostError, HostNet, IpHost, RouteInfo};

@@ -49,6 +49,12 @@ pub struct DaemonOptions {
     pub accel: String,
     /// TCP listener, e.g. `127.0.0.1:0` is not supported (needs a fixed port); `None` = off.
     pub listen: Option<String>,
+    /// Run the daemon inside this network namespace (`ip netns exec`) with managed networks
+    /// on. `None` (the default): the daemon runs in the host namespace with managed networks
+    /// OFF — it creates no bridges, taps, rules or dnsmasq, and VMs use QEMU's `user` network.
+    pub netns: Option<String>,
+    /// Extra lines for the `[network]` section (managed daemons only), e.g. `uplink = "vx0"`.
+    pub network_config: String,
 }
 
 impl Default for DaemonOptions {
@@ -56,6 +62,8 @@ impl Default for DaemonOptions {
         DaemonOptions {
             accel: "tcg".into(),
             listen: None,
+            netns: None,
+            network_config: String::new(),
         }
     }
 }
@@ -99,6 +107,16 @@ impl TestDaemon {
         if let Some(l) = &self.opts.listen {
             cfg.push_str(&format!("listen = \"{l}\"\n"));
         }
+        // The suite runs in the host's namespace: only daemons confined to a namespace the
+        // test created may touch networking.
+        if self.opts.netns.is_some() {
+            cfg.push_str(&format!(
+                "[network]\nmanaged = true\n{}\n",
+                self.opts.network_config
+            ));
+        } else {
+            cfg.push_str("[network]\nmanaged = false\n");
+        }
         std::fs::write(self.dir.path().join("vireod.toml"), cfg)?;
         Ok(())
     }
@@ -120,7 +138,15 @@ impl TestDaemon {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new(binary("vireod"))
+        let mut cmd = match &self.opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary("vireod"));
+                c
+            }
+            None => Command::new(binary("vireod")),
+        };
+        let child = cmd
             .arg("--config")
             .arg(self.dir.path().join("vireod.toml"))
             .env("RUST_LOG", "info,vireo=debug")
@@ -363,6 +389,9 @@ impl TestDaemon {
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill9();
+        // Helpers a managed-network daemon started (dnsmasq, ovsdb-server, ovs-vswitchd) name
+        // files under the state directory on their command lines.
+        kill_processes_mentioning(&self.state_dir());
         for pid in self.qemu_pids() {
             // Only kill processes that are QEMUs of this state directory.
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -444,4 +473,32 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// SIGKILLs every process whose command line contains `dir` (a test's unique temporary
+/// directory), except this process.
+pub fn kill_processes_mentioning(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    if needle.len() < 8 {
+        return;
+    }
+    let me = std::process::id() as i32;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }

@@ -133,7 +133,9 @@ pub async fn delete_image(
 
 #[utoipa::path(get, path = "/v1/host", tag = "host", responses((status = 200, body = HostInfo)))]
 pub async fn host(State(s): State<AppState>) -> axum::Json<HostInfo> {
-    axum::Json(crate::host::host_info(&s))
+    let mut info = crate::host::host_info(&s);
+    info.network = s.engine.network_support().await;
+    axum::Json(info)
 }
 
 #[utoipa::path(get, path = "/v1/projects", tag = "projects", responses((status = 200, body = [ProjectInfo])))]

@@ -18,6 +18,7 @@ use vireo_api::{ErrorBody, ErrorCode};
 use vireo_engine::{Engine, EngineError};
 
 pub mod misc;
+pub mod networks;
 pub mod snapshots;
 pub mod storage;
 pub mod vms;
@@ -232,6 +233,9 @@ pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
         misc::list_images, misc::get_image, misc::build_image, misc::delete_image,
         misc::host, misc::list_projects, misc::create_project, misc::delete_project,
         misc::list_tokens, misc::create_token, misc::revoke_token, misc::openapi_json, misc::metrics,
+        networks::list_networks, networks::create_network, networks::get_network,
+        networks::update_network, networks::delete_network, networks::network_leases,
+        networks::list_nics, networks::add_nic, networks::update_nic, networks::remove_nic,
         storage::list_pools, storage::create_pool, storage::get_pool, storage::delete_pool,
         storage::list_volumes, storage::create_volume, storage::import_volume,
         storage::get_volume, storage::delete_volume, storage::import_image, storage::export_image,
@@ -240,7 +244,7 @@ pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
         snapshots::attach_disk, snapshots::detach_disk, snapshots::resize_volume,
     ),
     components(schemas(ErrorBody, vireo_api::events::Event)),
-    tags((name = "vms"), (name = "operations"), (name = "images"), (name = "host"), (name = "projects"), (name = "tokens"), (name = "storage"), (name = "snapshots"))
+    tags((name = "vms"), (name = "operations"), (name = "images"), (name = "host"), (name = "projects"), (name = "tokens"), (name = "storage"), (name = "snapshots"), (name = "networks"))
 )]
 pub struct ApiDoc;
 
@@ -349,6 +353,25 @@ pub fn router(state: AppState) -> Router {
             "/v1/tokens/{name}",
             axum::routing::delete(misc::revoke_token),
         )
+        .route(
+            "/v1/networks",
+            get(networks::list_networks).post(networks::create_network),
+        )
+        .route(
+            "/v1/networks/{name}",
+            get(networks::get_network)
+                .patch(networks::update_network)
+                .delete(networks::delete_network),
+        )
+        .route("/v1/networks/{name}/leases", get(networks::network_leases))
+        .route(
+            "/v1/vms/{name}/nics",
+            get(networks::list_nics).post(networks::add_nic),
+        )
+        .route(
+            "/v1/vms/{name}/nics/{nic}",
+            axum::routing::patch(networks::update_nic).delete(networks::remove_nic),
+        )
         .route("/v1/openapi.json", get(misc::openapi_json))
         .route("/metrics", get(misc::metrics))
         .merge(crate::ui::router())
@@ -390,6 +413,9 @@ mod tests {
             "/v1/operations/{id}/wait",
             "/v1/events",
             "/v1/host",
+            "/v1/networks",
+            "/v1/networks/{name}/leases",
+            "/v1/vms/{name}/nics/{nic}",
             "/metrics",
         ] {
             assert!(

@@ -59,7 +59,7 @@ pub async fn get_vm(
     Ok(([(header::ETAG, etag)], axum::Json(vm)).into_response())
 }
 
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     match headers.get(header::IF_MATCH) {
         None => Ok(None),
         Some(v) => {

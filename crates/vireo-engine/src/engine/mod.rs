@@ -7,6 +7,7 @@ mod cloudinit;
 mod export;
 mod images;
 mod import;
+mod networks;
 mod projects;
 mod snapshots;
 mod storage;
@@ -94,6 +95,8 @@ struct Inner {
     /// Serialises changes to volume records (see `engine::storage`).
     storage_lock: tokio::sync::Mutex<()>,
     started: std::time::Instant,
+    /// Managed networks, when the daemon enables them ([`Engine::attach_networks`]).
+    net: std::sync::OnceLock<Arc<crate::net::NetManager>>,
 }
 
 /// Holds a VM name while its create operation runs; released on drop.
@@ -159,6 +162,7 @@ impl Engine {
                 pools: Mutex::new(HashMap::new()),
                 storage_lock: tokio::sync::Mutex::new(()),
                 started: std::time::Instant::now(),
+                net: std::sync::OnceLock::new(),
             }),
         };
         if engine

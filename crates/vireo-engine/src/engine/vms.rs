@@ -156,22 +156,24 @@ impl Engine {
         }
         let uuid = Uuid::now_v7();
         let dir = vm_dir(&self.inner.cfg.state_dir, uuid);
-        let networks: Vec<Name> =
-            match &req.networks {
-                Some(n) => n.clone(),
+        let networks: Vec<Name> = match &req.networks {
+            Some(n) => n.clone(),
+            None => match self.default_vm_network().await? {
+                Some(n) => vec![n],
                 None => vec![Name::new(USER_NETWORK)
                     .map_err(|e| EngineError::internal("network name", e))?],
-            };
+            },
+        };
         let mut nics = Vec::new();
+        let mut managed = Vec::new();
         for (i, net) in networks.iter().enumerate() {
             if net.as_str() != USER_NETWORK {
-                return Err(EngineError::invalid(
-                    "networks",
-                    format!(
-                        "network {:?} not found (available: {USER_NETWORK})",
-                        net.as_str()
-                    ),
-                ));
+                let nic = Name::new(format!("eth{i}"))
+                    .map_err(|e| EngineError::internal("NIC name", e))?;
+                let a = self.plan_vm_create_nic(nic, net, &managed).await?;
+                nics.push(a.0);
+                managed.push(a.1);
+                continue;
             }
             let seed = uuid.as_bytes();
             // Distinct per NIC and per VM: uuid v7 random tail plus the NIC index.
@@ -345,6 +347,7 @@ impl Engine {
             super::cloudinit::check_ignition(ign)?;
         }
         let ignition = req.ignition.clone();
+        self.save_vm_nics(uuid, &p, &req.name, managed).await?;
         let op = self
             .inner
             .ops
@@ -579,6 +582,7 @@ impl Engine {
                 let rec = h.view().record;
                 engine.inner.db.delete_vm(&project, &name).await?;
                 engine.lock_vms().remove(&(project.clone(), name.clone()));
+                engine.forget_vm_nics(rec.uuid).await;
                 if let Err(e) = engine.release_vm_volumes(&project, &name).await {
                     tracing::warn!(vm = %name, error = %chain(&e), "releasing the VM's volumes failed");
                 }

@@ -15,6 +15,12 @@ pub struct FakeState {
     pub nft: Option<String>,
     pub forwarding: bool,
     pub dnsmasq: BTreeMap<String, PathBuf>,
+    /// Routes `list_routes` reports (tests set them).
+    pub routes: Vec<RouteInfo>,
+    /// What `probe_bridge_vlan_filtering` answers.
+    pub vlan_filtering: bool,
+    /// Access VLAN per port (`set_access_vlan`).
+    pub access_vlans: BTreeMap<String, u16>,
     /// Every successful mutating call, in order (e.g. `create_bridge vb-a`).
     pub calls: Vec<String>,
 }
@@ -22,6 +28,11 @@ pub struct FakeState {
 impl FakeHost {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lets a test shape the fake (routes, probe answers, pre-existing links).
+    pub fn edit(&self, f: impl FnOnce(&mut FakeState)) {
+        f(&mut self.lock())
     }
 
     pub fn state(&self) -> FakeState {
@@ -186,5 +197,38 @@ impl HostNet for FakeHost {
             pid: Some(1),
             restarts: 0,
         })
+    }
+
+    fn list_routes(&self) -> Result<Vec<RouteInfo>, HostError> {
+        Ok(self.lock().routes.clone())
+    }
+
+    fn probe_bridge_vlan_filtering(&self) -> Result<bool, HostError> {
+        Ok(self.lock().vlan_filtering)
+    }
+
+    fn set_vlan_filtering(&self, bridge: &IfName) -> Result<(), HostError> {
+        let mut st = self.lock();
+        if !st.vlan_filtering {
+            return Err(HostError::Fake {
+                what: "this fake kernel has no bridge vlan_filtering".into(),
+            });
+        }
+        st.calls.push(format!("set_vlan_filtering {bridge}"));
+        Ok(())
+    }
+
+    fn set_access_vlan(&self, port: &IfName, vlan: VlanId) -> Result<(), HostError> {
+        let mut st = self.lock();
+        if !st.links.contains_key(port.as_str()) {
+            return Err(HostError::Fake {
+                what: format!("no link {port}"),
+            });
+        }
+        if st.access_vlans.insert(port.to_string(), vlan.get()) != Some(vlan.get()) {
+            st.calls
+                .push(format!("set_access_vlan {port} {}", vlan.get()));
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,8 @@
 //! can be removed. Calls are blocking (they spawn short-lived processes); async callers should
 //! use `spawn_blocking`.
 
-use crate::addr::{IfName, Ipv4Cidr, Mtu, BRIDGE_PREFIX, TAP_PREFIX};
+use crate::addr::{IfName, Ipv4Cidr, Mtu, VlanId, BRIDGE_PREFIX, TAP_PREFIX};
+use crate::bridge_vlan::{self, NetlinkSocket, VlanError};
 use crate::nft::{NftSnapshot, SnapshotError};
 use crate::supervise::{ChildStatus, SuperviseError, Supervisor};
 use crate::tap::{self, TapError};
@@ -56,6 +57,12 @@ pub enum HostError {
         #[source]
         source: SuperviseError,
     },
+    #[error("bridge VLAN configuration of {link}")]
+    Vlan {
+        link: String,
+        #[source]
+        source: VlanError,
+    },
     #[error("fake host: {what}")]
     Fake { what: String },
 }
@@ -99,6 +106,51 @@ pub trait HostNet: Send + Sync {
     /// Stops dnsmasq for `network`; no-op if not running.
     fn stop_dnsmasq(&self, network: &str);
     fn dnsmasq_status(&self, network: &str) -> Option<ChildStatus>;
+    /// The IPv4 routes of every table (`None` destination prefix 0 = a default route).
+    fn list_routes(&self) -> Result<Vec<RouteInfo>, HostError>;
+    /// Whether a Linux bridge accepts `vlan_filtering 1`: creates and deletes the throwaway
+    /// bridge `vb-vlanprobe`.
+    fn probe_bridge_vlan_filtering(&self) -> Result<bool, HostError>;
+    /// Turns `vlan_filtering` on for a Vireo bridge (rtnetlink, see [`crate::bridge_vlan`]).
+    fn set_vlan_filtering(&self, bridge: &IfName) -> Result<(), HostError>;
+    /// Makes `port` an access port of `vlan` on its vlan-filtering bridge (idempotent).
+    fn set_access_vlan(&self, port: &IfName, vlan: VlanId) -> Result<(), HostError>;
+}
+
+/// An IPv4 route as listed by the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// Destination; `0.0.0.0/0` for default routes.
+    pub dst: Ipv4Cidr,
+    /// Output interface, when the route names one.
+    pub dev: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IpRoute {
+    dst: String,
+    #[serde(default)]
+    dev: Option<String>,
+}
+
+/// Parses `ip -j -4 route show table all` output (pure). Entries whose destination is not an
+/// IPv4 network (`broadcast`/`local` host routes parse as /32) are kept; unparsable ones are
+/// skipped.
+pub fn parse_ip_routes(json: &str) -> Result<Vec<RouteInfo>, serde_json::Error> {
+    let routes: Vec<IpRoute> = serde_json::from_str(json)?;
+    Ok(routes
+        .into_iter()
+        .filter_map(|r| {
+            let dst = if r.dst == "default" {
+                Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0).ok()?
+            } else if let Some((a, p)) = r.dst.split_once('/') {
+                Ipv4Cidr::containing(a.parse().ok()?, p.parse().ok()?).ok()?
+            } else {
+                Ipv4Cidr::new(r.dst.parse().ok()?, 32).ok()?
+            };
+            Some(RouteInfo { dst, dev: r.dev })
+        })
+        .collect())
 }
 
 /// Any link name we pass to `ip`: 1..=15 bytes of `[A-Za-z0-9._-]`, not starting with '-'.
@@ -156,6 +208,42 @@ impl IpHost {
             }
             None => Command::new(program),
         }
+    }
+
+    fn ifindex(&self, link: &str) -> Result<i32, HostError> {
+        check_link(link)?;
+        let json = self.ip(&["-j", "link", "show", "dev", link])?;
+        let v: serde_json::Value = serde_json::from_str(&json).map_err(HostError::LinkJson)?;
+        v[0]["ifindex"]
+            .as_i64()
+            .and_then(|i| i32::try_from(i).ok())
+            .ok_or_else(|| HostError::LinkName {
+                name: link.to_owned(),
+            })
+    }
+
+    /// Sends rtnetlink requests in this host's namespace; with `first_may_fail`, an ENOENT
+    /// answer to the first request (removing something already removed) is not an error.
+    fn netlink(&self, link: &str, msgs: &[Vec<u8>], first_may_fail: bool) -> Result<(), HostError> {
+        let send = || -> Result<(), VlanError> {
+            let sock = NetlinkSocket::open()?;
+            for (i, m) in msgs.iter().enumerate() {
+                match sock.request(m) {
+                    Err(VlanError::Kernel(e))
+                        if i == 0 && first_may_fail && e.raw_os_error() == Some(libc::ENOENT) => {}
+                    other => other?,
+                }
+            }
+            Ok(())
+        };
+        let res = match &self.netns {
+            None => send(),
+            Some(ns) => tap::in_netns(ns, send).map_err(HostError::Tap)?,
+        };
+        res.map_err(|source| HostError::Vlan {
+            link: link.to_owned(),
+            source,
+        })
     }
 
     fn ip(&self, args: &[&str]) -> Result<String, HostError> {
@@ -351,6 +439,10 @@ impl HostNet for IpHost {
         // Restart semantics: the old instance (if any) is stopped before the new one binds.
         if let Some(mut old) = self.supervisors().remove(network) {
             old.stop();
+        } else {
+            // A daemon that was killed leaves its dnsmasq running (VMs keep DHCP and DNS
+            // meanwhile); it holds the bridge's ports, so it goes before ours starts.
+            kill_stale_dnsmasq(conf_file);
         }
         let netns = self.netns.clone();
         let conf = conf_file.to_path_buf();
@@ -382,6 +474,97 @@ impl HostNet for IpHost {
 
     fn dnsmasq_status(&self, network: &str) -> Option<ChildStatus> {
         self.supervisors().get(network).map(Supervisor::status)
+    }
+
+    fn list_routes(&self) -> Result<Vec<RouteInfo>, HostError> {
+        let json = self.ip(&["-j", "-4", "route", "show", "table", "all"])?;
+        parse_ip_routes(&json).map_err(HostError::LinkJson)
+    }
+
+    fn set_vlan_filtering(&self, bridge: &IfName) -> Result<(), HostError> {
+        let idx = self.ifindex(bridge.as_str())?;
+        let msg =
+            bridge_vlan::vlan_filtering_msg(1, idx, true).map_err(|source| HostError::Vlan {
+                link: bridge.to_string(),
+                source,
+            })?;
+        self.netlink(bridge.as_str(), &[msg], false)
+    }
+
+    fn set_access_vlan(&self, port: &IfName, vlan: VlanId) -> Result<(), HostError> {
+        let idx = self.ifindex(port.as_str())?;
+        let msgs =
+            bridge_vlan::access_port_msgs(1, idx, vlan).map_err(|source| HostError::Vlan {
+                link: port.to_string(),
+                source,
+            })?;
+        // The first message removes VLAN 1, which is already gone on a second pass.
+        self.netlink(port.as_str(), &msgs, true)
+    }
+
+    fn probe_bridge_vlan_filtering(&self) -> Result<bool, HostError> {
+        const PROBE: &str = "vb-vlanprobe";
+        let res = self.ip(&[
+            "link",
+            "add",
+            "name",
+            PROBE,
+            "type",
+            "bridge",
+            "vlan_filtering",
+            "1",
+        ]);
+        match res {
+            Ok(_) => {
+                self.ip(&["link", "del", "dev", PROBE])?;
+                Ok(true)
+            }
+            // The kernel refuses the attribute (no CONFIG_BRIDGE_VLAN_FILTERING).
+            Err(HostError::Command { .. }) => {
+                let _ = self.ip(&["link", "del", "dev", PROBE]);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Terminates processes whose command line is exactly `dnsmasq --conf-file=<conf_file> …`
+/// (only Vireo starts dnsmasq with its own config path) and waits up to 2 s for them to go.
+fn kill_stale_dnsmasq(conf_file: &Path) {
+    let needle = format!("--conf-file={}", conf_file.display());
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let mut pids = vec![];
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        let prog = args.next().unwrap_or_default();
+        let is_dnsmasq = prog.ends_with(b"dnsmasq");
+        if is_dnsmasq && args.any(|a| a == needle.as_bytes()) {
+            tracing::info!(pid, conf = %conf_file.display(), "stopping dnsmasq left by a previous daemon");
+            // SAFETY: plain signal to a process identified by its command line.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            pids.push(pid);
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline
+        && pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -427,6 +610,17 @@ pub fn reconcile_links(
     bridges: &[DesiredBridge],
     taps: &[DesiredTap],
 ) -> Result<ReconcileReport, HostError> {
+    reconcile_links_keeping(host, bridges, taps, &[])
+}
+
+/// [`reconcile_links`] that also leaves the Vireo-named links in `keep` alone (objects another
+/// back-end manages, such as Open vSwitch bridges and their ports).
+pub fn reconcile_links_keeping(
+    host: &dyn HostNet,
+    bridges: &[DesiredBridge],
+    taps: &[DesiredTap],
+    keep: &[&str],
+) -> Result<ReconcileReport, HostError> {
     let existing: BTreeSet<String> = owned_links(host)?.into_iter().map(|l| l.name).collect();
     let desired: BTreeSet<&str> = bridges
         .iter()
@@ -437,7 +631,7 @@ pub fn reconcile_links(
     // Taps first, so removing a bridge never races with its ports.
     let mut stale: Vec<&String> = existing
         .iter()
-        .filter(|n| !desired.contains(n.as_str()))
+        .filter(|n| !desired.contains(n.as_str()) && !keep.contains(&n.as_str()))
         .collect();
     stale.sort_by_key(|n| !n.starts_with(TAP_PREFIX));
     for name in stale {
@@ -547,6 +741,21 @@ mod tests {
                 .count(),
             3
         );
+    }
+
+    #[test]
+    fn parses_ip_route_json() {
+        let json = r#"[{"dst":"default","gateway":"192.0.2.1","dev":"eth0"},
+            {"dst":"10.1.2.0/24","dev":"vb-x","prefsrc":"10.1.2.1"},
+            {"type":"local","dst":"127.0.0.1","table":"local","dev":"lo"},
+            {"dst":"fe80::/64"}]"#;
+        let routes = parse_ip_routes(json).unwrap();
+        assert_eq!(routes.len(), 3);
+        assert_eq!(routes[0].dst.prefix(), 0);
+        assert_eq!(routes[0].dev.as_deref(), Some("eth0"));
+        assert_eq!(routes[1].dst, "10.1.2.0/24".parse().unwrap());
+        assert_eq!(routes[2].dst, "127.0.0.1/32".parse().unwrap());
+        assert!(parse_ip_routes("[").is_err());
     }
 
     #[test]

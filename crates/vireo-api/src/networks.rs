@@ -1,0 +1,307 @@
+//! Managed-network bodies: `/v1/networks`, `/v1/networks/{name}/leases` and the NIC
+//! sub-resource of VMs (`/v1/vms/{name}/nics`).
+//!
+//! Invariants: request bodies reject unknown fields; addresses and CIDRs travel as strings and
+//! are validated by the engine (so a bad value is a 400 naming the field, not a decode error
+//! without context); everything the engine stores about a network is echoed in
+//! [`NetworkInfo`].
+
+use std::net::Ipv4Addr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use vireo_types::{MacAddr, Name};
+
+/// What a network connects VMs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkType {
+    /// A Vireo bridge with a subnet, DHCP/DNS (dnsmasq) and masquerade to the host's uplink.
+    Nat,
+    /// VMs join an existing host bridge, or a Vireo bridge over a named uplink; addresses
+    /// come from the outside network.
+    Bridged,
+    /// A Vireo bridge with no uplink (host-only); optional DHCP.
+    Isolated,
+    /// An Open vSwitch bridge (userspace datapath) with VLAN tags on VM ports.
+    Ovs,
+}
+
+impl NetworkType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkType::Nat => "nat",
+            NetworkType::Bridged => "bridged",
+            NetworkType::Isolated => "isolated",
+            NetworkType::Ovs => "ovs",
+        }
+    }
+}
+
+impl std::str::FromStr for NetworkType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "nat" => Ok(NetworkType::Nat),
+            "bridged" => Ok(NetworkType::Bridged),
+            "isolated" => Ok(NetworkType::Isolated),
+            "ovs" => Ok(NetworkType::Ovs),
+            other => Err(format!(
+                "network type must be nat, bridged, isolated or ovs (got {other:?})"
+            )),
+        }
+    }
+}
+
+/// Firewall verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FirewallAction {
+    #[default]
+    Accept,
+    Drop,
+    Reject,
+}
+
+/// Which traffic a rule matches, seen from the VM (per-VM rules) or the network (network
+/// rules): `in` = towards it, `out` = from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FirewallDirection {
+    In,
+    Out,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FirewallProtocol {
+    Tcp,
+    Udp,
+    Icmp,
+    #[default]
+    Any,
+}
+
+/// One firewall rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallRule {
+    pub direction: FirewallDirection,
+    #[serde(default)]
+    pub protocol: FirewallProtocol,
+    /// Destination ports (`"22"` or `"8000-8080"`); tcp/udp only; empty = all.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// The peer as a CIDR (source for `in`, destination for `out`); absent = anywhere.
+    #[serde(default)]
+    pub cidr: Option<String>,
+    pub action: FirewallAction,
+}
+
+/// Default policies plus ordered rules (first match wins).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Firewall {
+    #[serde(default)]
+    pub default_in: FirewallAction,
+    #[serde(default)]
+    pub default_out: FirewallAction,
+    #[serde(default)]
+    pub rules: Vec<FirewallRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardProtocol {
+    Tcp,
+    Udp,
+}
+
+/// host address:port → VM address:port (nat networks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortForward {
+    pub protocol: ForwardProtocol,
+    /// Host address to match; absent = any of the host's addresses.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub host_address: Option<Ipv4Addr>,
+    pub host_port: u16,
+    /// Target address inside the network's subnet (e.g. a NIC's reserved address).
+    #[schema(value_type = String)]
+    pub target: Ipv4Addr,
+    pub target_port: u16,
+}
+
+/// A static DHCP reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reservation {
+    pub mac: MacAddr,
+    #[schema(value_type = String)]
+    pub ip: Ipv4Addr,
+    /// Published in the network's DNS when set.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// `POST /v1/networks`
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetworkRequest {
+    pub name: Name,
+    #[serde(rename = "type")]
+    pub kind: NetworkType,
+    /// IPv4 subnet (`10.20.0.0/24`) for nat and isolated networks; chosen to avoid the
+    /// host's routes and other networks when absent.
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// The bridge's address (DHCP/DNS server and gateway); default: the subnet's first host.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Serve DHCP (and DNS) with dnsmasq; default on for nat and isolated networks.
+    #[serde(default)]
+    pub dhcp: Option<bool>,
+    /// nat: the interface to masquerade behind (default: the default route's interface).
+    /// bridged: the host interface Vireo enslaves to its bridge. ovs: optional trunk port.
+    #[serde(default)]
+    pub uplink: Option<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// DNS domain of VM names; default `vireo`.
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub reservations: Vec<Reservation>,
+    #[serde(default)]
+    pub firewall: Firewall,
+    #[serde(default)]
+    pub port_forwards: Vec<PortForward>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `PATCH /v1/networks/{name}` (send `If-Match: <revision>` for optimistic concurrency).
+/// Absent fields are left unchanged; present ones replace the whole value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNetworkRequest {
+    #[serde(default)]
+    pub reservations: Option<Vec<Reservation>>,
+    #[serde(default)]
+    pub firewall: Option<Firewall>,
+    #[serde(default)]
+    pub port_forwards: Option<Vec<PortForward>>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `GET /v1/networks/{name}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NetworkInfo {
+    pub name: Name,
+    #[serde(rename = "type")]
+    pub kind: NetworkType,
+    /// The Linux (or OVS) bridge VMs' taps join.
+    pub bridge: String,
+    pub subnet: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub gateway: Option<Ipv4Addr>,
+    pub dhcp: bool,
+    pub uplink: Option<String>,
+    pub mtu: Option<u32>,
+    pub domain: String,
+    pub reservations: Vec<Reservation>,
+    pub firewall: Firewall,
+    pub port_forwards: Vec<PortForward>,
+    pub description: String,
+    /// The network Vireo created on first start.
+    pub default: bool,
+    pub created_at: DateTime<Utc>,
+    /// VMs with a NIC on this network (`project/name`).
+    pub used_by: Vec<String>,
+    /// Store revision; send it back as `If-Match` to update.
+    pub revision: u64,
+}
+
+/// `GET /v1/networks/{name}/leases`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Lease {
+    pub mac: MacAddr,
+    #[schema(value_type = String)]
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+    /// Unix time the lease expires (0 = never).
+    pub expires: u64,
+    /// `dynamic` (from the pool) or `reserved` (a reservation, possibly not handed out yet).
+    pub kind: String,
+}
+
+/// `POST /v1/vms/{name}/nics`: attach a NIC (hot-plugged when the VM runs).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddNicRequest {
+    pub network: Name,
+    /// Default `ethN`, the first free index.
+    #[serde(default)]
+    pub name: Option<Name>,
+    /// Default: a generated locally administered address, unique on this host.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// VLAN tag (access port), 1-4094; ovs networks.
+    #[serde(default)]
+    pub vlan: Option<u32>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Link state; default up.
+    #[serde(default)]
+    pub link_up: Option<bool>,
+    /// Fixed address (a DHCP reservation); default: allocated from the subnet on networks
+    /// with DHCP.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub ip: Option<Ipv4Addr>,
+    /// Per-VM firewall for this NIC.
+    #[serde(default)]
+    pub firewall: Option<Firewall>,
+}
+
+/// `PATCH /v1/vms/{name}/nics/{nic}`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNicRequest {
+    #[serde(default)]
+    pub link_up: Option<bool>,
+    #[serde(default)]
+    pub firewall: Option<Firewall>,
+}
+
+/// A VM NIC on a managed network, with its network-side settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NicDetail {
+    pub name: Name,
+    pub mac: MacAddr,
+    pub network: String,
+    /// Host tap device (managed networks) while it exists.
+    pub tap: Option<String>,
+    pub vlan: Option<u32>,
+    pub mtu: Option<u32>,
+    pub link_up: bool,
+    #[schema(value_type = Option<String>)]
+    pub ip: Option<Ipv4Addr>,
+    pub firewall: Firewall,
+}
+
+/// `GET /v1/host` network section: which VLAN back-ends this host can use.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NetworkSupport {
+    /// Managed networks are enabled in the daemon's config.
+    pub managed: bool,
+    /// Linux bridges accept `vlan_filtering 1` (probed on a throwaway bridge).
+    pub bridge_vlan_filtering: bool,
+    /// Open vSwitch binaries are installed and Vireo's ovsdb-server/ovs-vswitchd run.
+    pub ovs: bool,
+    /// Why a back-end is unavailable.
+    pub detail: Vec<String>,
+}

@@ -1,0 +1,707 @@
+//! Managed-network records and the pure functions that turn them into the host state Vireo
+//! wants (bridges, taps, one nftables ruleset, dnsmasq configs).
+//!
+//! Invariants:
+//! - a [`NetworkRecord`] in the store always passed [`validate_network`]: its subnet,
+//!   gateway, reservations, firewall and port forwards render without error;
+//! - bridge names are `vb-…` and tap names `vt-` + the NIC's 12 hex MAC digits, so every host
+//!   object Vireo creates carries its prefix and a tap name is unique exactly when its MAC is;
+//! - [`desired_state`] is deterministic for a given input (sorted maps, stable order).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use vireo_api::networks::{
+    Firewall, FirewallAction, FirewallDirection, FirewallProtocol, ForwardProtocol, NetworkType,
+    PortForward, Reservation,
+};
+use vireo_net::dnsmasq::{self, DnsmasqConfig, Upstream};
+use vireo_net::host::{DesiredBridge, DesiredTap};
+use vireo_net::nft::{self, NetworkRules, PortRange, Ruleset, Uplink, VmPort, L4};
+use vireo_net::ovs::DesiredOvsBridge;
+use vireo_net::{HostName, IfName, Ipv4Cidr, Mtu, VlanId};
+use vireo_types::{MacAddr, Name};
+
+/// A managed network as stored under `/networks/<name>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub uuid: Uuid,
+    pub name: Name,
+    pub kind: NetworkType,
+    pub bridge: String,
+    pub subnet: Option<Ipv4Cidr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub dhcp: bool,
+    /// nat: masquerade interface (resolved at apply time when `None`); bridged: enslaved
+    /// interface; ovs: trunk port.
+    pub uplink: Option<String>,
+    pub mtu: Option<u32>,
+    pub domain: String,
+    pub reservations: Vec<Reservation>,
+    pub firewall: Firewall,
+    pub port_forwards: Vec<PortForward>,
+    pub description: String,
+    pub default: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One NIC of a VM on a managed network (stored per VM under `/nics/<vm uuid>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicAttachment {
+    pub nic: Name,
+    pub network: Name,
+    pub mac: MacAddr,
+    pub tap: String,
+    pub vlan: Option<u32>,
+    pub mtu: Option<u32>,
+    pub link_up: bool,
+    pub ip: Option<Ipv4Addr>,
+    pub firewall: Firewall,
+}
+
+/// Every managed NIC of one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmNics {
+    pub vm_uuid: Uuid,
+    pub project: Name,
+    pub vm: Name,
+    pub nics: Vec<NicAttachment>,
+}
+
+/// Invalid network input: `field` names the request field, `message` says why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ModelError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> ModelError {
+    ModelError {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The tap of a NIC: `vt-` + the MAC's 12 hex digits (15 bytes, IFNAMSIZ - 1).
+pub fn tap_name(mac: MacAddr) -> String {
+    let hex: String = mac.0.iter().map(|b| format!("{b:02x}")).collect();
+    format!("vt-{hex}")
+}
+
+/// The bridge of a network: `vb-<name>` when that fits in 15 bytes, else the name's first
+/// seven characters, '-', and four hex digits of a hash of the whole name.
+pub fn bridge_name(network: &Name) -> String {
+    let n = network.as_str();
+    if n.len() <= 12 {
+        return format!("vb-{n}");
+    }
+    // FNV-1a: stable across releases (std's hasher is not).
+    let mut h: u32 = 0x811c_9dc5;
+    for b in n.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let head = n[..7].trim_end_matches('-');
+    format!("vb-{head}-{:04x}", h & 0xffff)
+}
+
+/// Parses `"80"` or `"8000-8080"`.
+pub fn parse_port_range(s: &str) -> Option<PortRange> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let first: u16 = a.trim().parse().ok()?;
+    let last: u16 = b.trim().parse().ok()?;
+    (first > 0 && first <= last).then_some(PortRange { first, last })
+}
+
+fn action(a: FirewallAction) -> nft::Action {
+    match a {
+        FirewallAction::Accept => nft::Action::Accept,
+        FirewallAction::Drop => nft::Action::Drop,
+        FirewallAction::Reject => nft::Action::Reject,
+    }
+}
+
+/// Converts API firewall rules to the renderer's model (`field` prefixes error fields).
+pub fn firewall_rules(
+    fw: &Firewall,
+    field: &'static str,
+) -> Result<Vec<nft::FirewallRule>, ModelError> {
+    fw.rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let ports = r
+                .ports
+                .iter()
+                .map(|p| {
+                    parse_port_range(p).ok_or_else(|| {
+                        bad(
+                            field,
+                            format!(
+                                "rule {i}: invalid port or range {p:?} (1-65535, first <= last)"
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let protocol = match r.protocol {
+                FirewallProtocol::Tcp => nft::Protocol::Tcp,
+                FirewallProtocol::Udp => nft::Protocol::Udp,
+                FirewallProtocol::Icmp => nft::Protocol::Icmp,
+                FirewallProtocol::Any => nft::Protocol::Any,
+            };
+            if !ports.is_empty() && !matches!(protocol, nft::Protocol::Tcp | nft::Protocol::Udp) {
+                return Err(bad(
+                    field,
+                    format!("rule {i}: ports need protocol tcp or udp"),
+                ));
+            }
+            let peer = match &r.cidr {
+                Some(c) => Some(
+                    c.parse::<Ipv4Cidr>()
+                        .map_err(|e| bad(field, format!("rule {i}: {e}")))?,
+                ),
+                None => None,
+            };
+            Ok(nft::FirewallRule {
+                direction: match r.direction {
+                    FirewallDirection::In => nft::Direction::In,
+                    FirewallDirection::Out => nft::Direction::Out,
+                },
+                protocol,
+                ports,
+                peer,
+                action: action(r.action),
+            })
+        })
+        .collect()
+}
+
+/// Checks a network record on its own (not against other networks or the host): subnet,
+/// gateway, reservations, firewall and port forwards per type.
+pub fn validate_network(n: &NetworkRecord) -> Result<(), ModelError> {
+    IfName::bridge(&n.bridge).map_err(|e| bad("name", e.to_string()))?;
+    if let Some(m) = n.mtu {
+        Mtu::new(m).map_err(|e| bad("mtu", e.to_string()))?;
+    }
+    HostName::new(&n.domain).map_err(|e| bad("domain", e.to_string()))?;
+    match n.kind {
+        NetworkType::Nat | NetworkType::Isolated => {
+            let subnet = n
+                .subnet
+                .ok_or_else(|| bad("subnet", "nat and isolated networks need a subnet"))?;
+            if subnet.prefix() > 29 || subnet.prefix() < 8 {
+                return Err(bad(
+                    "subnet",
+                    format!("subnet {subnet} must have a prefix between /8 and /29"),
+                ));
+            }
+            let gw = n.gateway.ok_or_else(|| bad("gateway", "missing gateway"))?;
+            if !subnet.contains(gw) || gw == subnet.network() || gw == subnet.broadcast() {
+                return Err(bad(
+                    "gateway",
+                    format!("gateway {gw} is not a host address of {subnet}"),
+                ));
+            }
+            if let Some(u) = &n.uplink {
+                if n.kind == NetworkType::Isolated {
+                    return Err(bad("uplink", "isolated networks have no uplink"));
+                }
+                check_ifname(u, "uplink")?;
+            }
+        }
+        NetworkType::Bridged | NetworkType::Ovs => {
+            if n.subnet.is_some() || n.gateway.is_some() || n.dhcp {
+                return Err(bad(
+                    "subnet",
+                    format!(
+                        "{} networks take addresses from outside: no subnet, gateway or DHCP",
+                        n.kind.as_str()
+                    ),
+                ));
+            }
+            match &n.uplink {
+                Some(u) => check_ifname(u, "uplink")?,
+                None if n.kind == NetworkType::Bridged => {
+                    return Err(bad("uplink", "bridged networks need an uplink interface"))
+                }
+                None => {}
+            }
+            if !n.reservations.is_empty() {
+                return Err(bad("reservations", "reservations need a network with DHCP"));
+            }
+        }
+    }
+    if !n.port_forwards.is_empty() && n.kind != NetworkType::Nat {
+        return Err(bad("port_forwards", "port forwards need a nat network"));
+    }
+    if n.kind == NetworkType::Ovs
+        && (!n.firewall.rules.is_empty() || n.firewall != Firewall::default())
+    {
+        return Err(bad(
+            "firewall",
+            "ovs networks carry no Vireo firewall (use a nat or isolated network)",
+        ));
+    }
+    // Render this network alone: catches every renderer invariant.
+    desired_state(
+        std::slice::from_ref(n),
+        &[],
+        &[],
+        &|_| None,
+        Path::new("/var/lib/vireo/net"),
+        "root",
+    )
+    .map(drop)
+}
+
+fn check_ifname(name: &str, field: &'static str) -> Result<(), ModelError> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && !name.starts_with('-')
+        && !name.starts_with("vb-")
+        && !name.starts_with("vt-")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            format!("{name:?} is not a host interface name Vireo may use"),
+        ))
+    }
+}
+
+/// A tap that exists (its VM runs) with what the network layer needs to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveNic {
+    pub attachment: NicAttachment,
+    pub vm: Name,
+}
+
+/// What the host should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredState {
+    /// Linux bridges (nat, isolated, bridged networks).
+    pub bridges: Vec<DesiredBridge>,
+    /// Taps on Linux bridges.
+    pub taps: Vec<DesiredTap>,
+    /// Linux bridges that need `vlan_filtering` (a NIC on them has a VLAN tag).
+    pub vlan_bridges: Vec<IfName>,
+    /// Access VLAN of taps on Linux bridges.
+    pub access_vlans: Vec<(IfName, VlanId)>,
+    /// Host interfaces to enslave to a bridge (bridged networks): (interface, bridge).
+    pub enslave: Vec<(String, IfName)>,
+    /// OVS bridges and their ports: bridge → [(tap, vlan)] and optional trunk uplink.
+    pub ovs: Vec<DesiredOvsBridge>,
+    pub ruleset: Ruleset,
+    /// dnsmasq config text per network with DHCP.
+    pub dnsmasq: BTreeMap<String, String>,
+    pub forwarding: bool,
+}
+
+/// Where a network's dnsmasq files live.
+pub fn dnsmasq_paths(net_dir: &Path, network: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let d = net_dir.join(network);
+    (
+        d.join("dnsmasq.conf"),
+        d.join("leases"),
+        d.join("dnsmasq.pid"),
+    )
+}
+
+/// Computes the desired host state (pure). `live` are the NICs whose taps exist; `reserved`
+/// every VM NIC on every network, running or not (DHCP reservations and DNS names);
+/// `uplink_of` resolves a nat network's masquerade interface when its record names none.
+pub fn desired_state(
+    networks: &[NetworkRecord],
+    live: &[LiveNic],
+    reserved: &[(Name, NicAttachment)],
+    uplink_of: &dyn Fn(&NetworkRecord) -> Option<String>,
+    net_dir: &Path,
+    dnsmasq_user: &str,
+) -> Result<DesiredState, ModelError> {
+    let mut st = DesiredState {
+        bridges: vec![],
+        taps: vec![],
+        vlan_bridges: vec![],
+        access_vlans: vec![],
+        enslave: vec![],
+        ovs: vec![],
+        ruleset: Ruleset::default(),
+        dnsmasq: BTreeMap::new(),
+        forwarding: false,
+    };
+    let by_name: BTreeMap<&str, &NetworkRecord> =
+        networks.iter().map(|n| (n.name.as_str(), n)).collect();
+    for n in networks {
+        let bridge = IfName::bridge(&n.bridge).map_err(|e| bad("name", e.to_string()))?;
+        let mtu = n
+            .mtu
+            .map(Mtu::new)
+            .transpose()
+            .map_err(|e| bad("mtu", e.to_string()))?;
+        if n.kind == NetworkType::Ovs {
+            st.ovs.push(DesiredOvsBridge {
+                bridge,
+                mtu,
+                uplink: n.uplink.clone(),
+                ports: vec![],
+            });
+            continue;
+        }
+        let address = match (n.subnet, n.gateway) {
+            (Some(s), Some(g)) => Some((g, s)),
+            _ => None,
+        };
+        st.bridges.push(DesiredBridge {
+            name: bridge.clone(),
+            mtu,
+            address,
+        });
+        let uplink = match n.kind {
+            NetworkType::Nat => {
+                st.forwarding = true;
+                match n.uplink.clone().or_else(|| uplink_of(n)) {
+                    Some(interface) => Uplink::Nat { interface },
+                    // No route out yet: VMs still reach each other and the host.
+                    None => Uplink::Isolated,
+                }
+            }
+            NetworkType::Isolated => Uplink::Isolated,
+            _ => {
+                if let Some(u) = &n.uplink {
+                    st.enslave.push((u.clone(), bridge.clone()));
+                }
+                Uplink::Bridged
+            }
+        };
+        st.ruleset.networks.push(NetworkRules {
+            bridge: bridge.clone(),
+            subnet: n.subnet.unwrap_or(
+                Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0)
+                    .map_err(|e| bad("subnet", e.to_string()))?,
+            ),
+            uplink,
+            default_in: action(n.firewall.default_in),
+            default_out: action(n.firewall.default_out),
+            rules: firewall_rules(&n.firewall, "firewall")?,
+        });
+        for f in &n.port_forwards {
+            st.ruleset.forwards.push(nft::PortForward {
+                protocol: match f.protocol {
+                    ForwardProtocol::Tcp => L4::Tcp,
+                    ForwardProtocol::Udp => L4::Udp,
+                },
+                host_addr: f.host_address,
+                host_port: f.host_port,
+                bridge: bridge.clone(),
+                vm_ip: f.target,
+                vm_port: f.target_port,
+            });
+        }
+        if n.dhcp {
+            let (subnet, gateway) = match (n.subnet, n.gateway) {
+                (Some(s), Some(g)) => (s, g),
+                _ => return Err(bad("dhcp", "DHCP needs a subnet and a gateway")),
+            };
+            let (_, lease_file, pid_file) = dnsmasq_paths(net_dir, n.name.as_str());
+            let mut reservations = vec![];
+            for r in &n.reservations {
+                reservations.push(dnsmasq::Reservation {
+                    mac: net_mac(r.mac)?,
+                    ip: r.ip,
+                    hostname: r
+                        .hostname
+                        .as_deref()
+                        .map(HostName::new)
+                        .transpose()
+                        .map_err(|e| bad("reservations", e.to_string()))?,
+                });
+            }
+            // VM NICs: the VM's name is its DNS name on the first NIC it has here.
+            let mut named = BTreeSet::new();
+            let mut taken_names: BTreeSet<String> = reservations
+                .iter()
+                .filter_map(|r| r.hostname.as_ref().map(|h| h.to_string()))
+                .collect();
+            for (vm, a) in reserved.iter().filter(|(_, a)| a.network == n.name) {
+                let Some(ip) = a.ip else { continue };
+                let hostname = if named.insert(vm.clone()) && taken_names.insert(vm.to_string()) {
+                    HostName::new(vm.as_str()).ok()
+                } else {
+                    None
+                };
+                reservations.push(dnsmasq::Reservation {
+                    mac: net_mac(a.mac)?,
+                    ip,
+                    hostname,
+                });
+            }
+            let size = subnet.size();
+            let last = subnet.nth((size - 2) as u32);
+            let first = subnet.nth(if size > 16 { (size / 2) as u32 } else { 2 });
+            let cfg = DnsmasqConfig {
+                network: HostName::new(n.name.as_str()).map_err(|e| bad("name", e.to_string()))?,
+                bridge: bridge.clone(),
+                subnet,
+                gateway,
+                dhcp_range: first.zip(last),
+                lease_secs: 3600,
+                advertise_router: n.kind == NetworkType::Nat,
+                domain: HostName::new(&n.domain).map_err(|e| bad("domain", e.to_string()))?,
+                upstream: if n.kind == NetworkType::Nat {
+                    Upstream::HostResolvConf
+                } else {
+                    Upstream::None
+                },
+                reservations,
+                lease_file,
+                pid_file,
+                user: dnsmasq_user.to_owned(),
+            };
+            let text =
+                dnsmasq::render_dnsmasq(&cfg).map_err(|e| bad("reservations", e.to_string()))?;
+            st.dnsmasq.insert(n.name.to_string(), text);
+        }
+    }
+    for l in live {
+        let a = &l.attachment;
+        let Some(n) = by_name.get(a.network.as_str()) else {
+            continue; // network deleted under a running NIC: leave the tap detached
+        };
+        let tap = IfName::tap(&a.tap).map_err(|e| bad("nic", e.to_string()))?;
+        let bridge = IfName::bridge(&n.bridge).map_err(|e| bad("name", e.to_string()))?;
+        let mtu = a
+            .mtu
+            .or(n.mtu)
+            .map(Mtu::new)
+            .transpose()
+            .map_err(|e| bad("mtu", e.to_string()))?;
+        if n.kind == NetworkType::Ovs {
+            let vlan = a
+                .vlan
+                .map(VlanId::new)
+                .transpose()
+                .map_err(|e| bad("vlan", e.to_string()))?;
+            if let Some(b) = st.ovs.iter_mut().find(|b| b.bridge == bridge) {
+                b.ports.push((tap, vlan, mtu, a.link_up));
+            }
+            continue;
+        }
+        if let Some(v) = a.vlan {
+            let v = VlanId::new(v).map_err(|e| bad("vlan", e.to_string()))?;
+            st.access_vlans.push((tap.clone(), v));
+            if !st.vlan_bridges.contains(&bridge) {
+                st.vlan_bridges.push(bridge.clone());
+            }
+        }
+        st.taps.push(DesiredTap {
+            name: tap.clone(),
+            bridge: bridge.clone(),
+            mtu,
+            up: a.link_up,
+        });
+        st.ruleset.ports.push(VmPort {
+            tap,
+            bridge,
+            mac: net_mac(a.mac)?,
+            ips: a.ip.into_iter().collect(),
+            // Bridged networks get their addresses from outside: Vireo cannot know them.
+            anti_spoofing: n.kind != NetworkType::Bridged,
+            default_in: action(a.firewall.default_in),
+            default_out: action(a.firewall.default_out),
+            rules: firewall_rules(&a.firewall, "firewall")?,
+        });
+    }
+    st.ruleset
+        .validate()
+        .map_err(|e| bad("firewall", e.to_string()))?;
+    Ok(st)
+}
+
+fn net_mac(m: MacAddr) -> Result<vireo_net::MacAddr, ModelError> {
+    vireo_net::MacAddr::new(m.0).map_err(|e| bad("mac", e.to_string()))
+}
+
+/// The lowest host address of `subnet` that is not the gateway, not in `taken` and below the
+/// dynamic DHCP pool (the pool starts at the middle of the subnet), or `None` when full.
+pub fn allocate_ip(
+    subnet: Ipv4Cidr,
+    gateway: Ipv4Addr,
+    taken: &BTreeSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let size = subnet.size();
+    let end = if size > 16 { size / 2 } else { size - 1 };
+    (1..end)
+        .filter_map(|i| subnet.nth(i as u32))
+        .find(|ip| *ip != gateway && !taken.contains(ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nat(name: &str, subnet: &str) -> NetworkRecord {
+        let s: Ipv4Cidr = subnet.parse().unwrap();
+        NetworkRecord {
+            uuid: Uuid::nil(),
+            name: Name::new(name).unwrap(),
+            kind: NetworkType::Nat,
+            bridge: bridge_name(&Name::new(name).unwrap()),
+            subnet: Some(s),
+            gateway: s.nth(1),
+            dhcp: true,
+            uplink: None,
+            mtu: None,
+            domain: "vireo".into(),
+            reservations: vec![],
+            firewall: Firewall::default(),
+            port_forwards: vec![],
+            description: String::new(),
+            default: false,
+            created_at: DateTime::<Utc>::from_timestamp(0, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn names_fit_ifnamsiz_and_carry_prefixes() {
+        assert_eq!(bridge_name(&Name::new("lan").unwrap()), "vb-lan");
+        let long = bridge_name(&Name::new("a-very-long-network-name").unwrap());
+        assert!(long.len() <= 15 && long.starts_with("vb-a-very"), "{long}");
+        assert_ne!(
+            long,
+            bridge_name(&Name::new("a-very-long-network-nam2").unwrap())
+        );
+        let mac: MacAddr = "0a:76:72:01:02:03".parse().unwrap();
+        assert_eq!(tap_name(mac), "vt-0a7672010203");
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("22"), Some(PortRange::single(22)));
+        assert_eq!(
+            parse_port_range("8000-8080"),
+            Some(PortRange {
+                first: 8000,
+                last: 8080
+            })
+        );
+        for bad in ["0", "9-8", "x", "70000", ""] {
+            assert_eq!(parse_port_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation_rejects_bad_input() {
+        assert!(validate_network(&nat("lan", "10.9.0.0/24")).is_ok());
+        let mut n = nat("lan", "10.9.0.0/24");
+        n.gateway = Some("10.9.1.1".parse().unwrap());
+        assert_eq!(validate_network(&n).unwrap_err().field, "gateway");
+        let mut n = nat("lan", "10.9.0.0/24");
+        n.firewall.rules.push(vireo_api::networks::FirewallRule {
+            direction: FirewallDirection::In,
+            protocol: FirewallProtocol::Icmp,
+            ports: vec!["22".into()],
+            cidr: None,
+            action: FirewallAction::Drop,
+        });
+        assert_eq!(validate_network(&n).unwrap_err().field, "firewall");
+        let mut n = nat("lan", "10.9.0.0/24");
+        n.kind = NetworkType::Isolated;
+        n.port_forwards.push(PortForward {
+            protocol: ForwardProtocol::Tcp,
+            host_address: None,
+            host_port: 8080,
+            target: "10.9.0.5".parse().unwrap(),
+            target_port: 80,
+        });
+        assert_eq!(validate_network(&n).unwrap_err().field, "port_forwards");
+        let mut n = nat("lan", "10.9.0.0/24");
+        let mac: MacAddr = "0a:76:72:01:02:03".parse().unwrap();
+        n.reservations = vec![
+            Reservation {
+                mac,
+                ip: "10.9.0.5".parse().unwrap(),
+                hostname: None,
+            },
+            Reservation {
+                mac,
+                ip: "10.9.0.6".parse().unwrap(),
+                hostname: None,
+            },
+        ];
+        assert_eq!(validate_network(&n).unwrap_err().field, "reservations");
+    }
+
+    #[test]
+    fn desired_state_has_bridges_taps_rules_and_dnsmasq() {
+        let n = nat("lan", "10.9.0.0/24");
+        let mac: MacAddr = "0a:76:72:01:02:03".parse().unwrap();
+        let a = NicAttachment {
+            nic: Name::new("eth0").unwrap(),
+            network: n.name.clone(),
+            mac,
+            tap: tap_name(mac),
+            vlan: None,
+            mtu: None,
+            link_up: true,
+            ip: Some("10.9.0.2".parse().unwrap()),
+            firewall: Firewall::default(),
+        };
+        let vm = Name::new("web1").unwrap();
+        let st = desired_state(
+            &[n],
+            &[LiveNic {
+                attachment: a.clone(),
+                vm: vm.clone(),
+            }],
+            &[(vm, a)],
+            &|_| Some("eth0".into()),
+            Path::new("/var/lib/vireo/net"),
+            "root",
+        )
+        .unwrap();
+        assert_eq!(st.bridges.len(), 1);
+        assert_eq!(st.taps[0].name.as_str(), "vt-0a7672010203");
+        assert!(st.forwarding);
+        let conf = &st.dnsmasq["lan"];
+        assert!(
+            conf.contains("dhcp-host=0a:76:72:01:02:03,10.9.0.2,web1"),
+            "{conf}"
+        );
+        assert!(conf.contains("dhcp-range=10.9.0.128,10.9.0.254"), "{conf}");
+        let rules = nft::render_ruleset(&st.ruleset).unwrap();
+        assert!(
+            rules.contains("oifname eth0 masquerade") || rules.contains("masquerade"),
+            "{rules}"
+        );
+    }
+
+    #[test]
+    fn allocation_skips_gateway_and_taken() {
+        let s: Ipv4Cidr = "10.0.0.0/24".parse().unwrap();
+        let gw: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        let mut taken = BTreeSet::new();
+        assert_eq!(
+            allocate_ip(s, gw, &taken),
+            Some("10.0.0.2".parse().unwrap())
+        );
+        taken.insert("10.0.0.2".parse().unwrap());
+        assert_eq!(
+            allocate_ip(s, gw, &taken),
+            Some("10.0.0.3".parse().unwrap())
+        );
+        let small: Ipv4Cidr = "10.0.0.0/30".parse().unwrap();
+        let mut t2 = BTreeSet::new();
+        t2.insert("10.0.0.2".parse().unwrap());
+        assert_eq!(allocate_ip(small, gw, &t2), None);
+    }
+}
