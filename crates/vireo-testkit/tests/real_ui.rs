@@ -1,0 +1,91 @@
+//! Browser tests of the UI (`ui/tests/*.test.mjs`): a real `vireod` with the TCP/TLS listener
+//! and an API token, the tiny image, and Debian's Chromium driven by playwright-core through
+//! `node --test`. Screenshots of the main pages land in `target/ui-screenshots/`.
+//!
+//! Needs what scripts/test.sh prepares: `npm ci && npm run build` in `ui/` before `cargo
+//! build` (so the daemon embeds the real bundle), Node.js and `/usr/bin/chromium`.
+
+use std::process::Command;
+use std::time::Instant;
+
+use vireo_testkit::{repo_root, tail, DaemonOptions, TestDaemon};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn browser_ui_end_to_end() {
+    let ui = repo_root().join("ui");
+    assert!(
+        ui.join("node_modules/playwright-core").is_dir(),
+        "ui/node_modules is missing: run `npm ci` in ui/ (scripts/test.sh does)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: apt-get install chromium (scripts/deps.sh does)"
+    );
+
+    let port = free_port();
+    let d = TestDaemon::start_with(DaemonOptions {
+        listen: Some(format!("127.0.0.1:{port}")),
+        ..Default::default()
+    })
+    .unwrap();
+    d.ensure_tiny();
+    let token = d.json(&["token", "create", "browser"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shots = repo_root().join("target/ui-screenshots");
+
+    let started = Instant::now();
+    let out = Command::new("node")
+        .args(["--test", "--test-concurrency=1", "tests/"])
+        .current_dir(&ui)
+        .env("VIREO_UI_URL", format!("https://127.0.0.1:{port}"))
+        .env("VIREO_UI_TOKEN", &token)
+        .env("VIREO_UI_SCREENSHOTS", &shots)
+        .env("VIREO_UI_READY_MARKER", "VIREO-GUEST-READY")
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("running node (install nodejs)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "browser tests took {:.1} s\n{stdout}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.status.success(),
+        "browser tests failed ({}):\n{stdout}\n{}\ndaemon log tail:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        tail(&d.log(), 60)
+    );
+    // The run must have executed the tests, and the VM it made must be gone.
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+    assert!(
+        !stdout.contains("# pass 0"),
+        "no browser test ran:\n{stdout}"
+    );
+    let vms = d.json(&["vm", "list"]);
+    assert_eq!(vms.as_array().map(Vec::len), Some(0), "{vms}");
+    for page in [
+        "02-dashboard",
+        "05-vm-console",
+        "06-vm-snapshots",
+        "11-operations",
+    ] {
+        let p = shots.join(format!("{page}.png"));
+        assert!(
+            p.metadata().map(|m| m.len() > 1000).unwrap_or(false),
+            "{} missing",
+            p.display()
+        );
+    }
+}
