@@ -17,6 +17,7 @@ export function Dashboard() {
   const h = host.data;
   const counts = new Map<string, number>();
   for (const vm of vms.data ?? []) counts.set(vm.state, (counts.get(vm.state) ?? 0) + 1);
+  const runningVcpus = (vms.data ?? []).filter((v) => v.state === "running" || v.state === "paused").reduce((n, v) => n + v.vcpus, 0);
   const recentOps = [...(ops.data ?? [])].sort((a, b) => b.created_at.localeCompare(a.created_at)).slice(0, 8);
 
   return (
@@ -32,7 +33,12 @@ export function Dashboard() {
                 {h.hostname} · vireo {h.vireo_version} · {h.accel.chosen.toUpperCase()} · QEMU {h.qemu_version ?? "?"} · up{" "}
                 {Math.round(h.uptime_s / 60)} min
               </p>
-              <Meter label="CPUs" used={h.vms_running} total={Math.max(h.cpus, h.vms_running)} text={`${h.cpus} CPUs, ${h.vms_running} VMs running`} />
+              <Meter
+                label="vCPUs of running VMs"
+                used={runningVcpus}
+                total={Math.max(h.cpus, runningVcpus)}
+                text={`${runningVcpus} on ${h.cpus} host CPUs · ${h.vms_running} of ${h.vms_total} VMs running`}
+              />
               <Meter
                 label="Memory"
                 used={h.memory_total_mib - h.memory_available_mib}
