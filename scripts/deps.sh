@@ -3,10 +3,10 @@
 # when everything is already there. Used by scripts/run.sh and scripts/test.sh.
 set -euo pipefail
 
-# Debian packages Vireo runs or builds guests from.
+# Debian packages Vireo runs or builds guests from (chromium: the UI's browser tests).
 PKGS=(qemu-system-x86 qemu-utils ovmf busybox-static qemu-guest-agent dnsmasq-base nftables openvswitch-switch
       iproute2 e2fsprogs time procps grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools fdisk
-      genisoimage xorriso)
+      genisoimage xorriso chromium debootstrap)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -7,12 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
+bash scripts/ui.sh
 cargo build --release --bins --quiet
 
 BIN=$PWD/target/release
 export PATH=$BIN:$PATH
 SOCKET=${VIREO_SOCKET:-/run/vireo/vireo.sock}
 export VIREO_SOCKET=$SOCKET
+# TCP/TLS listener for the browser UI and remote CLIs (API token required).
+LISTEN=${VIREO_LISTEN:-127.0.0.1:8443}
 
 demo() {
   # Wait for the daemon to listen.
@@ -29,7 +32,13 @@ demo() {
   elif [ "$(vireo vm show demo --output json | sed -n 's/.*"state": *"\([a-z]*\)".*/\1/p' | head -1)" != running ]; then
     vireo vm start demo
   fi
+  # A fresh token for the browser (secrets are shown once, so replace the previous one).
+  vireo token revoke ui >/dev/null 2>&1 || true
+  UI_TOKEN=$(vireo --output json token create ui | sed -n 's/.*"secret": *"\([^"]*\)".*/\1/p')
   cat >&2 <<TXT
+
+  Vireo UI: https://$LISTEN/ui/   (self-signed certificate; token below)
+  UI token: $UI_TOKEN
 
   Vireo is running. In another shell (as root):
     export VIREO_SOCKET=$SOCKET PATH=$BIN:\$PATH
@@ -44,4 +53,4 @@ TXT
 }
 
 demo &
-exec vireod --socket "$SOCKET" "$@"
+exec vireod --socket "$SOCKET" --listen "$LISTEN" "$@"

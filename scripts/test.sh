@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
 
+echo "== UI bundle (embedded by vireod, so before any cargo build; browser tests use ui/node_modules)"
+bash scripts/ui.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -41,24 +41,44 @@ pub enum ImageCmd {
         #[arg(long = "wait-timeout", value_parser = parse_duration, default_value = "10m")]
         wait_timeout: Duration,
     },
-    /// Import an OVA package (VMware, VirtualBox…) as a new VM: the package is verified,
-    /// its disks are converted to qcow2 and its virtual hardware is mapped.
+    /// Import an OVA package (VMware, VirtualBox…) as a new VM — the package is verified, its
+    /// disks are converted to qcow2 and its virtual hardware is mapped — or any other disk
+    /// image (qcow2, raw, VMDK, VHD, VHDX; recognised by content) as a new image.
     Import {
-        /// The .ova file.
+        /// The .ova package or disk image file.
         file: std::path::PathBuf,
-        /// Name of the new VM [default: derived from the file name]
+        /// Name of the new VM or image [default: derived from the file name]
         #[arg(long)]
         name: Option<Name>,
-        /// Start the VM once imported.
+        /// Start the VM once imported (OVA packages).
         #[arg(long)]
         start: bool,
+        /// Firmware VMs made from an imported disk image boot with [default: bios]
+        #[arg(long, value_enum)]
+        firmware: Option<crate::vm::FirmwareArg>,
         #[arg(long)]
         no_wait: bool,
         #[arg(long = "wait-timeout", value_parser = parse_duration, default_value = "60m")]
         wait_timeout: Duration,
     },
+    /// Download a disk image as a qcow2 file.
+    Export {
+        name: Name,
+        /// Where to write the .qcow2 file.
+        out: std::path::PathBuf,
+    },
     #[command(flatten)]
     Local(image_local::ImageLocalCmd),
+}
+
+/// Whether `path` starts like a tar archive (an OVA package): "ustar" at offset 257.
+fn looks_like_ova(path: &std::path::Path) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let mut head = [0u8; 262];
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let n = f.read(&mut head).unwrap_or(0);
+    Ok(n == head.len() && &head[257..262] == b"ustar")
 }
 
 /// A VM name from a file name: lowercase, other characters become '-', starts with a letter.
@@ -168,10 +188,22 @@ pub async fn run(global: &GlobalArgs, cmd: ImageCmd) -> anyhow::Result<u8> {
         }
         // main() runs these before starting the async runtime; this arm only keeps the match
         // total should that ever change.
+        ImageCmd::Export { name, out } => {
+            let client = global.client()?;
+            client
+                .export_image(name.as_str(), &out)
+                .await
+                .with_context(|| format!("cannot export image {name} to {}", out.display()))?;
+            if format == OutputFormat::Table {
+                println!("Image {name} written to {}.", out.display());
+            }
+            Ok(0)
+        }
         ImageCmd::Import {
             file,
             name,
             start,
+            firmware,
             no_wait,
             wait_timeout,
         } => {
@@ -180,6 +212,27 @@ pub async fn run(global: &GlobalArgs, cmd: ImageCmd) -> anyhow::Result<u8> {
                 Some(n) => n,
                 None => name_from_file(&file)?,
             };
+            if !looks_like_ova(&file)? {
+                let what = || format!("cannot import {} as image {name}", file.display());
+                let op = client
+                    .import_image(
+                        &file,
+                        name.as_str(),
+                        firmware.map(vireo_types::Firmware::from),
+                    )
+                    .await
+                    .with_context(what)?;
+                if no_wait {
+                    print(format, &op)?;
+                    return Ok(0);
+                }
+                progress::wait_operation(&client, &op, wait_timeout)
+                    .await
+                    .with_context(what)?;
+                let image = client.get_image(name.as_str()).await.with_context(what)?;
+                print(format, &image)?;
+                return Ok(0);
+            }
             let op = client
                 .import_ova(&file, name.as_str(), start)
                 .await

@@ -6,6 +6,7 @@
 //! stderr (progress only on a terminal).
 
 mod admin;
+mod cloudinit_args;
 mod console;
 mod image;
 // The local image tools (`vireo image info|convert|create|check|compare|map`) are written by

@@ -51,7 +51,7 @@ impl From<FirmwareArg> for Firmware {
 #[derive(Debug, Subcommand)]
 pub enum VmCmd {
     /// Create a VM from an image.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List VMs.
     #[command(alias = "ls")]
     List {
@@ -150,6 +150,11 @@ pub struct CreateArgs {
     /// Extra kernel command-line arguments (kernel images).
     #[arg(long)]
     pub kernel_args: Option<String>,
+    #[command(flatten)]
+    pub cloud_init: crate::cloudinit_args::CloudInitArgs,
+    /// Ignition config file (JSON) for Fedora CoreOS/Flatcar, passed through fw_cfg.
+    #[arg(long, value_name = "FILE")]
+    pub ignition: Option<std::path::PathBuf>,
     /// Start the VM once created.
     #[arg(long)]
     pub start: bool,
@@ -190,6 +195,12 @@ impl CreateArgs {
             firmware: self.firmware.map(Firmware::from),
             pool: self.pool.clone(),
             kernel_args: self.kernel_args.clone(),
+            cloud_init: self.cloud_init.config()?,
+            ignition: self
+                .ignition
+                .as_deref()
+                .map(|p| crate::cloudinit_args::read_text(p, "Ignition"))
+                .transpose()?,
             start: self.start,
         })
     }
@@ -267,7 +278,7 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["vcpus", "memory"])))]
+#[command(group(clap::ArgGroup::new("change").required(true).multiple(true).args(["vcpus", "memory", "user_data", "ssh_keys", "hostname", "network_config", "vendor_data"])))]
 pub struct EditArgs {
     pub name: Name,
     /// New number of virtual CPUs.
@@ -276,13 +287,16 @@ pub struct EditArgs {
     /// New memory size, e.g. 512MiB or 1GiB.
     #[arg(long, value_parser = parse_mib, value_name = "SIZE")]
     pub memory: Option<u64>,
+    /// Replace the cloud-init settings (any of these options; a new instance-id follows).
+    #[command(flatten)]
+    pub cloud_init: crate::cloudinit_args::CloudInitArgs,
 }
 
 pub async fn run(global: &GlobalArgs, cmd: VmCmd) -> anyhow::Result<u8> {
     let client = global.client()?;
     let format = global.output();
     match cmd {
-        VmCmd::Create(args) => create(&client, format, args).await,
+        VmCmd::Create(args) => create(&client, format, *args).await,
         VmCmd::Nic(cmd) => crate::network::nic(global, cmd).await,
         VmCmd::Snapshot(cmd) => crate::vm_storage::snapshot(&client, format, cmd).await,
         VmCmd::Clone(args) => crate::vm_storage::clone(&client, format, args).await,
@@ -576,6 +590,7 @@ async fn edit(client: &Client, format: OutputFormat, args: EditArgs) -> anyhow::
     let request = UpdateVmRequest {
         vcpus: args.vcpus,
         memory_mib: args.memory,
+        cloud_init: args.cloud_init.config()?,
     };
     let vm = client
         .update_vm(name.as_str(), &request, &etag)

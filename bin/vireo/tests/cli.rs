@@ -210,7 +210,7 @@ async fn create_start_wait_prints_the_ready_vm() {
         fake.created,
         vec![
             json!({"name": "web1", "image": "tiny", "template": null, "count": null, "pool": null, "vcpus": null, "memory_mib": 512, "disk_mib": null,
-                    "networks": [], "firmware": null, "kernel_args": null, "start": true})
+                    "networks": [], "firmware": null, "kernel_args": null, "cloud_init": null, "ignition": null, "start": true})
         ]
     );
     assert!(fake.gets >= 3, "guest readiness was not polled");

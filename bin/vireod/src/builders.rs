@@ -60,6 +60,31 @@ impl ImageBuilder for TinyDiskBuilder {
     }
 }
 
+/// A Debian cloud image (`vireo image build debian`): debootstrap of bookworm with the cloud
+/// kernel, cloud-init, qemu-guest-agent and openssh-server on a 4 GiB GPT disk that boots
+/// through SeaBIOS and OVMF (see `vireo_distro`). Downloaded packages stay in `cache_dir`.
+#[derive(Debug)]
+pub struct DebianBuilder {
+    pub cache_dir: PathBuf,
+}
+
+impl ImageBuilder for DebianBuilder {
+    fn build(
+        &self,
+        out_dir: &Path,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<BuiltImage> {
+        let mut opts = vireo_distro::BuildOptions::new(self.cache_dir.clone(), out_dir);
+        opts.progress = Some(progress);
+        let image = vireo_distro::build_debian(&opts)?;
+        Ok(BuiltImage::Disk {
+            path: image.path,
+            firmware: vireo_types::Firmware::Bios,
+            virtual_size_bytes: image.virtual_size,
+        })
+    }
+}
+
 /// A kernel of any registered kernel image (for the accelerator probe).
 pub async fn any_kernel(store: &Arc<dyn vireo_store::Store>) -> Option<PathBuf> {
     let range = store.range("/images/").await.ok()?;

@@ -3,7 +3,9 @@
 //!
 //! Invariants: the unix socket is created with mode 0600 in a 0700 directory and only peers
 //! with uid 0 or the daemon's own uid are served; every TCP request without a valid bearer
-//! token gets `401` before it reaches a handler.
+//! token gets `401` before it reaches a handler, except the UI's static files (`/ui`), which
+//! hold no data. Browsers cannot set headers on websockets, so an upgrade may present the
+//! token as the subprotocol `vireo.token.<token>`; it is stripped before the handler runs.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -132,7 +134,55 @@ fn unauthorized(msg: &str) -> axum::response::Response {
         .into_response()
 }
 
-/// Serves `app` over TLS on TCP; every request must carry `Authorization: Bearer <token>`.
+/// Subprotocol a browser offers on websockets (browsers cannot set `Authorization` there);
+/// the upgrade answers with it.
+pub const WS_PROTOCOL: &str = "vireo";
+/// Prefix of the websocket subprotocol value that carries the token:
+/// `Sec-WebSocket-Protocol: vireo, vireo.token.<secret>`.
+const WS_TOKEN_PREFIX: &str = "vireo.token.";
+
+/// The API token a request presents, removed from the request: `Authorization: Bearer T`, or
+/// for websocket upgrades the subprotocol `vireo.token.T`. The subprotocol entry is taken out
+/// of `Sec-WebSocket-Protocol` (leaving e.g. `vireo`) so handlers never see the secret and the
+/// server never echoes it back.
+fn take_presented_token(headers: &mut axum::http::HeaderMap) -> Option<String> {
+    use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+    if let Some(bearer) = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(bearer.trim().to_string());
+    }
+    let offered = headers
+        .get(SEC_WEBSOCKET_PROTOCOL)?
+        .to_str()
+        .ok()?
+        .to_string();
+    let mut token = None;
+    let mut rest = vec![];
+    for p in offered.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match p.strip_prefix(WS_TOKEN_PREFIX) {
+            Some(t) if token.is_none() => token = Some(t.to_string()),
+            Some(_) => {}
+            None => rest.push(p),
+        }
+    }
+    let token = token?;
+    match axum::http::HeaderValue::from_str(&rest.join(", ")) {
+        Ok(v) if !rest.is_empty() => {
+            headers.insert(SEC_WEBSOCKET_PROTOCOL, v);
+        }
+        _ => {
+            headers.remove(SEC_WEBSOCKET_PROTOCOL);
+        }
+    }
+    Some(token)
+}
+
+/// Serves `app` over TLS on TCP; every request must carry `Authorization: Bearer <token>`
+/// (websocket upgrades may carry it as the subprotocol `vireo.token.<token>` instead), except
+/// the browser UI's static files under `/ui`.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -169,14 +219,11 @@ pub async fn serve_tls(
                 let app = app.clone();
                 let store = store.clone();
                 async move {
-                    let presented = req
-                        .headers()
-                        .get(axum::http::header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("Bearer "))
-                        .map(str::trim)
-                        .map(str::to_string);
-                    let Some(presented) = presented else {
+                    // The browser UI's static files carry no secrets; its API calls do.
+                    if crate::ui::is_public_path(req.uri().path()) {
+                        return app.oneshot(req).await;
+                    }
+                    let Some(presented) = take_presented_token(req.headers_mut()) else {
                         return Ok(unauthorized(
                             "an API token is required (Authorization: Bearer <token>)",
                         ));
@@ -197,5 +244,50 @@ pub async fn serve_tls(
             });
             serve_conn(stream, svc, peer.to_string()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::header::{AUTHORIZATION, SEC_WEBSOCKET_PROTOCOL};
+    use axum::http::HeaderMap;
+
+    #[test]
+    fn bearer_header_wins_and_stays() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, "Bearer vireo_abc ".parse().unwrap());
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            "vireo, vireo.token.other".parse().unwrap(),
+        );
+        assert_eq!(take_presented_token(&mut h).as_deref(), Some("vireo_abc"));
+    }
+
+    #[test]
+    fn websocket_subprotocol_token_is_taken_out_of_the_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            "vireo, vireo.token.vireo_a-b_c".parse().unwrap(),
+        );
+        assert_eq!(take_presented_token(&mut h).as_deref(), Some("vireo_a-b_c"));
+        assert_eq!(h[SEC_WEBSOCKET_PROTOCOL], "vireo");
+
+        let mut h = HeaderMap::new();
+        h.insert(SEC_WEBSOCKET_PROTOCOL, "vireo.token.t1".parse().unwrap());
+        assert_eq!(take_presented_token(&mut h).as_deref(), Some("t1"));
+        assert!(h.get(SEC_WEBSOCKET_PROTOCOL).is_none());
+    }
+
+    #[test]
+    fn no_token_without_either() {
+        let mut h = HeaderMap::new();
+        assert_eq!(take_presented_token(&mut h), None);
+        h.insert(SEC_WEBSOCKET_PROTOCOL, "vireo, chat".parse().unwrap());
+        assert_eq!(take_presented_token(&mut h), None);
+        assert_eq!(h[SEC_WEBSOCKET_PROTOCOL], "vireo, chat");
+        h.insert(AUTHORIZATION, "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(take_presented_token(&mut h), None);
     }
 }

@@ -18,6 +18,7 @@ mod metrics;
 mod network;
 mod tls;
 mod tokens;
+mod ui;
 
 use config::{AccelPolicy, Overrides};
 
@@ -132,6 +133,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "tiny-disk".into(),
         Arc::new(builders::TinyDiskBuilder {
             cache_dir: tiny_cache,
+        }),
+    );
+    builders.insert(
+        "debian".into(),
+        Arc::new(builders::DebianBuilder {
+            cache_dir: cfg.image_cache_dir.join("debian"),
         }),
     );
 

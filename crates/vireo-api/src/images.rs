@@ -45,3 +45,15 @@ pub struct BuildImageRequest {
     #[serde(default)]
     pub name: Option<Name>,
 }
+
+/// Query of `POST /v1/images/import` (the body is a disk image in any supported format).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ImportImageQuery {
+    /// Name to register the image under.
+    pub name: Name,
+    /// Firmware VMs made from it boot with; default `bios`.
+    #[serde(default)]
+    pub firmware: Option<Firmware>,
+}

@@ -49,9 +49,37 @@ pub struct CreateVmRequest {
     /// Extra kernel command-line arguments (kernel images only).
     #[serde(default)]
     pub kernel_args: Option<String>,
+    /// First-boot configuration through a cloud-init NoCloud seed (a `cidata` CD-ROM).
+    #[serde(default)]
+    pub cloud_init: Option<CloudInitConfig>,
+    /// An Ignition config (JSON, Fedora CoreOS/Flatcar) passed through QEMU fw_cfg.
+    #[serde(default)]
+    pub ignition: Option<String>,
     /// Start the VM once created.
     #[serde(default)]
     pub start: bool,
+}
+
+/// cloud-init NoCloud settings; Vireo writes the seed (meta-data with a per-VM instance-id
+/// and the host name, user-data, network-config derived from the NICs unless given, vendor-data)
+/// as an ISO 9660 volume labelled `cidata`. Each file is at most 1 MiB.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInitConfig {
+    /// user-data as given (`#cloud-config` YAML, a `#!` script, MIME multipart…).
+    #[serde(default)]
+    pub user_data: Option<String>,
+    /// `authorized_keys` lines for the default user (merged into the user-data).
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// Host name; default: the VM's name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// network-config (v1 or v2 YAML); default: DHCP on every NIC, matched by MAC.
+    #[serde(default)]
+    pub network_config: Option<String>,
+    #[serde(default)]
+    pub vendor_data: Option<String>,
 }
 
 /// A disk as shown by the API.
@@ -116,6 +144,9 @@ pub struct VmInfo {
     pub disks: Vec<DiskInfo>,
     pub nics: Vec<NicInfo>,
     pub guest: Option<GuestInfo>,
+    /// cloud-init settings, when the VM has a seed.
+    #[serde(default)]
+    pub cloud_init: Option<CloudInitConfig>,
     /// The full QEMU-level specification.
     pub spec: VmSpec,
     /// Store revision of the VM record; send it back as `If-Match` to update.
@@ -142,6 +173,10 @@ pub struct UpdateVmRequest {
     pub vcpus: Option<u32>,
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// Replaces the cloud-init settings (the seed is regenerated with a new instance-id, so
+    /// cloud-init runs its first-boot modules again).
+    #[serde(default)]
+    pub cloud_init: Option<CloudInitConfig>,
 }
 
 /// `POST /v1/vms/{name}/exec`: run a command in the guest through qemu-guest-agent.

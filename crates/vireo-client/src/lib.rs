@@ -583,7 +583,39 @@ impl Client {
     /// Downloads VM `name` (stopped) as an OVA package to `out`, atomically: the package is
     /// written next to `out` and renamed over it only when complete.
     pub async fn export_vm(&self, name: &str, out: &std::path::Path) -> Result<(), ClientError> {
-        let path = self.vm_path(name, "/export");
+        self.download_to(&self.vm_path(name, "/export"), out).await
+    }
+
+    /// Downloads disk image `name` as qcow2 to `out`, atomically like [`Client::export_vm`].
+    pub async fn export_image(&self, name: &str, out: &std::path::Path) -> Result<(), ClientError> {
+        self.download_to(
+            &format!("/v1/images/{}/export", encode_component(name)),
+            out,
+        )
+        .await
+    }
+
+    /// Uploads the disk image at `path` and registers it as image `name`.
+    pub async fn import_image(
+        &self,
+        path: &std::path::Path,
+        name: &str,
+        firmware: Option<vireo_types::Firmware>,
+    ) -> Result<Operation, ClientError> {
+        let mut url = format!("/v1/images/import?name={}", encode_component(name));
+        if let Some(f) = firmware {
+            url.push_str(match f {
+                vireo_types::Firmware::Bios => "&firmware=bios",
+                vireo_types::Firmware::Uefi => "&firmware=uefi",
+            });
+        }
+        self.upload_file(path, &url, "application/octet-stream")
+            .await
+    }
+
+    /// `GET path` into the file `out`: written next to it and renamed over it when complete.
+    async fn download_to(&self, path: &str, out: &std::path::Path) -> Result<(), ClientError> {
+        let path = path.to_string();
         let headers = self.auth_header().into_iter().collect();
         let file_name = out
             .file_name()

@@ -289,6 +289,7 @@ async fn project_scoping_etag_and_if_match() {
     let request = UpdateVmRequest {
         vcpus: Some(4),
         memory_mib: None,
+        cloud_init: None,
     };
     let updated: VmInfo = client.update_vm("web1", &request, "\"7\"").await.unwrap();
     assert_eq!(updated.vcpus, 4);

@@ -142,12 +142,44 @@ system_info:
     .to_owned()
 }
 
+/// `/etc/cloud/ds-identify.cfg`: cloud-init runs even when no data source is found (a VM
+/// created without a seed), with the `None` data source: fallback networking (DHCP on the
+/// first NIC), SSH host keys, the default user. cloud-init's default policy would disable
+/// itself for the boot instead, leaving the VM without network.
+pub fn ds_identify_config() -> String {
+    "policy: search,found=all,maybe=all,notfound=enabled\n".to_owned()
+}
+
+/// Name of the unit that makes SSH host keys when none exist.
+pub const HOST_KEYS_UNIT: &str = "vireo-ssh-host-keys.service";
+
+/// A first-boot unit that makes SSH host keys if nothing else did (cloud-init's ssh module
+/// normally does; not when cloud-init is disabled), so sshd always starts.
+pub fn host_keys_unit() -> String {
+    "\
+[Unit]
+Description=Generate SSH host keys missing on first boot (Vireo)
+After=cloud-init.service
+Before=ssh.service
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"
+    .to_owned()
+}
+
 /// Units enabled in the image (`systemctl enable` in the root). qemu-guest-agent is not in
 /// the list: Debian starts it from a udev rule when its virtio port appears.
-pub const ENABLED_UNITS: [&str; 3] = [
+pub const ENABLED_UNITS: [&str; 4] = [
     "ssh.service",
     "systemd-networkd.service",
     "systemd-resolved.service",
+    HOST_KEYS_UNIT,
 ];
 
 /// Symlinks that enable the serial getty on [`SERIAL_TTY`] whatever the kernel command line
@@ -205,6 +237,11 @@ pub fn root_files(id: &Identity, release: &str, mirror: &str) -> Vec<(&'static s
             apt_sources(release, mirror),
         ),
         ("etc/cloud/cloud.cfg.d/90_vireo.cfg", cloud_init_config()),
+        ("etc/cloud/ds-identify.cfg", ds_identify_config()),
+        (
+            "etc/systemd/system/vireo-ssh-host-keys.service",
+            host_keys_unit(),
+        ),
     ]
 }
 
@@ -228,6 +265,11 @@ mod tests {
             include_str!("golden/grub.cfg")
         );
         assert_eq!(cloud_init_config(), include_str!("golden/90_vireo.cfg"));
+        assert_eq!(ds_identify_config(), include_str!("golden/ds-identify.cfg"));
+        assert_eq!(
+            host_keys_unit(),
+            include_str!("golden/vireo-ssh-host-keys.service")
+        );
         assert_eq!(
             apt_sources("bookworm", DEFAULT_MIRROR),
             include_str!("golden/debian.sources")
@@ -239,6 +281,14 @@ mod tests {
                 "/lib/systemd/system/serial-getty@.service".to_owned()
             )]
         );
+    }
+
+    #[test]
+    fn host_keys_unit_is_written_and_enabled() {
+        let files = root_files(&id(), "bookworm", DEFAULT_MIRROR);
+        let path = format!("etc/systemd/system/{HOST_KEYS_UNIT}");
+        assert!(files.iter().any(|(p, _)| *p == path));
+        assert!(ENABLED_UNITS.contains(&HOST_KEYS_UNIT));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! 1. `debootstrap --variant=minbase --include=…` of the release into `root/` with the
 //!    packages of [`packages::package_list`] (kernel, cloud-init, qemu-guest-agent,
 //!    openssh-server, …); downloaded `.deb`s are kept in `cache_dir/debs` and reused, so a
-//!    rebuild downloads nothing that has not changed in the archive;
+//!    rebuild downloads nothing that has not changed in the archive. The resulting tree is
+//!    kept as `cache_dir/trees/<key>.tar`, keyed by [`tree_key`] (spec fingerprint + the
+//!    archive's signed Release file, fetched first with `debootstrap --print-debs`): while the
+//!    archive is unchanged, a rebuild unpacks that instead of running debootstrap;
 //! 2. the configuration of [`config`] (fstab, apt sources, cloud-init data sources, hostname,
 //!    serial getty), `systemctl enable` of [`config::ENABLED_UNITS`] inside the root;
 //! 3. clean-up: apt caches and package lists, SSH host keys (cloud-init makes new ones per
@@ -21,7 +24,9 @@
 //!   are complete. A failed build leaves the output directory as it was.
 //! - Every input that reaches a command line is validated first (release, package names,
 //!   mirror URL, disk size).
-//! - Needs root (debootstrap and chroot), `debootstrap`, `e2fsprogs` (1.47: `mkfs.ext4 -d`
+//! - Concurrent builds must not share a `cache_dir` (debootstrap's package cache is not
+//!   locked); the daemon has one builder per cache directory.
+//! - Needs root (debootstrap and chroot), `debootstrap`, GNU `tar`, `e2fsprogs` (1.47: `mkfs.ext4 -d`
 //!   with `-E offset`), `grub-common`, `grub-pc-bin`, `grub-efi-amd64-bin` on the host.
 
 pub mod config;
@@ -38,7 +43,7 @@ use sha2::Digest;
 use thiserror::Error;
 
 /// Changes whenever the builder's output for the same options changes (tests cache on it).
-pub const BUILDER_REVISION: u32 = 1;
+pub const BUILDER_REVISION: u32 = 2;
 /// Default virtual size of the disk: 4 GiB.
 pub const DEFAULT_SIZE_BYTES: u64 = 4 << 30;
 /// Where Debian installs GRUB's platform directories.
@@ -99,8 +104,10 @@ impl DebianSpec {
 
 impl ValidSpec {
     /// SHA-256 over everything that decides the image except the archive's contents: the
-    /// builder revision, release, size, package list and mirror. Seeds the disk's
-    /// identifiers and names the inputs in the description (tests cache builds on it).
+    /// builder revision, release, size, package list, mirror and the generated configuration
+    /// (rendered for a placeholder identity, so a change to any template changes it). Seeds
+    /// the disk's identifiers and names the inputs in the description (tests cache builds
+    /// on it).
     pub fn fingerprint(&self) -> String {
         let mut h = sha2::Sha256::new();
         h.update(format!(
@@ -111,6 +118,22 @@ impl ValidSpec {
             h.update(p.as_bytes());
             h.update(b"\n");
         }
+        let placeholder = config::Identity {
+            root_uuid: "00000000-0000-0000-0000-000000000000".into(),
+            esp_volume_id: 0,
+        };
+        let mut rendered = config::root_files(&placeholder, &self.release, &self.mirror);
+        rendered.push((
+            "grub.cfg",
+            config::grub_cfg(&placeholder, &config::release_title(&self.release)),
+        ));
+        for (path, contents) in rendered {
+            h.update(format!("{path}\n{}\n{contents}", contents.len()));
+        }
+        for (link, target) in config::serial_getty_links() {
+            h.update(format!("{link} -> {target}\n"));
+        }
+        h.update(config::ENABLED_UNITS.join(" "));
         hex::encode(h.finalize())
     }
 
@@ -252,13 +275,7 @@ pub fn build_debian(opts: &BuildOptions) -> Result<DebianImage, DistroError> {
     let root = work.path().join("root");
 
     let ids = disk::DiskIds::derive(spec.fingerprint().as_bytes());
-    say(&format!(
-        "debootstrap {} (minbase + {} packages) from {}",
-        spec.release,
-        spec.packages.len(),
-        spec.mirror
-    ));
-    debootstrap(&spec, &debs, &root, &say)?;
+    root_tree(&spec, &debs, &opts.cache_dir, work.path(), &root, &say)?;
 
     say("configuring the root filesystem");
     configure(&spec, &ids.config, &root)?;
@@ -368,14 +385,164 @@ pub fn phase_line(last_verb: &mut String, line: &str) -> Option<String> {
     Some(format!("debootstrap: {}", rest.trim_end()))
 }
 
-fn debootstrap(
+/// Largest Release file read for the tree key (Debian's are ~150 KiB).
+const MAX_RELEASE_BYTES: u64 = 16 << 20;
+
+/// Names a debootstrap result: the spec (release, packages, mirror, builder revision) and
+/// the archive's signed Release file, which pins every package version debootstrap picks.
+pub fn tree_key(fingerprint: &str, release_file: &[u8]) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(fingerprint.as_bytes());
+    h.update(b"\n");
+    h.update(release_file);
+    hex::encode(h.finalize())
+}
+
+/// Fills `root` with the debootstrapped tree: from `cache_dir/trees/<key>.tar` when the
+/// archive has not changed since it was made (a rebuild then skips debootstrap's minutes of
+/// unpacking and configuring), otherwise by running debootstrap and caching the result (the
+/// newest tree only). A cache that cannot be read or written only costs time.
+fn root_tree(
     spec: &ValidSpec,
     debs: &Path,
+    cache_dir: &Path,
+    work: &Path,
     root: &Path,
     say: &dyn Fn(&str),
 ) -> Result<(), DistroError> {
+    say("checking the archive's state (debootstrap --print-debs)");
+    let probe = work.join("probe");
+    let mut args = vec![
+        "--print-debs".to_owned(),
+        "--keep-debootstrap-dir".to_owned(),
+    ];
+    args.extend(debootstrap_args(spec, debs, &probe));
+    debootstrap(&args, &probe, &|_| {})?;
+    let key = tree_key(&spec.fingerprint(), &release_file(&probe)?);
+    remove_dir_if_present(&probe)?;
+
+    let trees = cache_dir.join("trees");
+    let cached = trees.join(format!("{key}.tar"));
+    if cached.is_file() {
+        say(&format!(
+            "archive unchanged: reusing the cached root tree {}",
+            &key[..12]
+        ));
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        match tar(
+            &["--extract", "--same-owner", "--same-permissions"],
+            &cached,
+            root,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, tree = %cached.display(), "cached root tree unusable; running debootstrap");
+                let _ = std::fs::remove_file(&cached);
+                remove_dir_if_present(root)?;
+            }
+        }
+    }
+    say(&format!(
+        "debootstrap {} (minbase + {} packages) from {}",
+        spec.release,
+        spec.packages.len(),
+        spec.mirror
+    ));
+    debootstrap(&debootstrap_args(spec, debs, root), root, say)?;
+    say("caching the root tree for rebuilds");
+    if let Err(e) = cache_tree(&trees, &cached, root) {
+        tracing::warn!(error = %e, "could not cache the root tree");
+    }
+    Ok(())
+}
+
+/// The archive's `InRelease` (or `Release`) file debootstrap fetched into `probe`.
+fn release_file(probe: &Path) -> Result<Vec<u8>, DistroError> {
+    use std::io::Read;
+    let lists = probe.join("var/lib/apt/lists");
+    let mut found = None;
+    for entry in std::fs::read_dir(&lists).map_err(io_err(&lists))? {
+        let path = entry.map_err(io_err(&lists))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.ends_with("_InRelease") || (found.is_none() && name.ends_with("_Release")) {
+            found = Some(path);
+        }
+    }
+    let path = found.ok_or_else(|| DistroError::RootLayout {
+        what: "Release file of the archive (debootstrap --print-debs)".into(),
+    })?;
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_RELEASE_BYTES).read_to_end(&mut bytes))
+        .map_err(io_err(&path))?;
+    Ok(bytes)
+}
+
+/// Writes `root` as `cached` (via a temporary file) and removes older trees.
+fn cache_tree(trees: &Path, cached: &Path, root: &Path) -> Result<(), DistroError> {
+    std::fs::create_dir_all(trees).map_err(io_err(trees))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tree.")
+        .suffix(".tar.tmp")
+        .tempfile_in(trees)
+        .map_err(io_err(trees))?;
+    tar(&["--create"], tmp.path(), root)?;
+    tmp.persist(cached).map_err(|e| io_err(cached)(e.error))?;
+    for entry in std::fs::read_dir(trees).map_err(io_err(trees))? {
+        let path = entry.map_err(io_err(trees))?.path();
+        if path != cached && path.extension().is_some_and(|e| e == "tar") {
+            remove_if_present(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// GNU tar over the whole tree with numeric owners, extended attributes (file capabilities)
+/// and sparse files.
+fn tar(mode: &[&str], archive: &Path, dir: &Path) -> Result<(), DistroError> {
+    let out = Command::new("tar")
+        .args(mode)
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--sparse",
+        ])
+        .arg("--file")
+        .arg(archive)
+        .arg("--directory")
+        .arg(dir)
+        .args(if mode[0] == "--create" {
+            &["."][..]
+        } else {
+            &[][..]
+        })
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| DistroError::Spawn {
+            program: "tar",
+            package: "tar",
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DistroError::Failed {
+            what: format!("tar {} {}", mode.join(" "), archive.display()),
+            status: out.status,
+            tail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Runs debootstrap with `args`, reporting its phases; `root` is its target (for its log).
+fn debootstrap(args: &[String], root: &Path, say: &dyn Fn(&str)) -> Result<(), DistroError> {
     let mut child = Command::new("debootstrap")
-        .args(debootstrap_args(spec, debs, root))
+        .args(args)
         .env("LC_ALL", "C")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .stdin(Stdio::null())
@@ -546,9 +713,12 @@ fn installed_packages(root: &Path) -> Result<Vec<InstalledPackage>, DistroError>
 /// Per-machine state and caches out of the image.
 fn clean(root: &Path) -> Result<(), DistroError> {
     in_root(root, &["apt-get", "clean"])?;
-    for dir in ["var/lib/apt/lists", "var/log", "tmp", "var/tmp"] {
+    for dir in ["var/lib/apt/lists", "tmp", "var/tmp"] {
         empty_dir(&root.join(dir))?;
     }
+    // Log files go, their directories stay: packages made them with the owners and modes
+    // their daemons need, and journald keeps logs persistent only if /var/log/journal exists.
+    remove_files_below(&root.join("var/log"))?;
     std::fs::create_dir_all(root.join("var/lib/apt/lists/partial")).map_err(io_err(root))?;
     for dir in ["etc/ssh", "var/cache/apt"] {
         let dir = root.join(dir);
@@ -585,6 +755,26 @@ fn remove_dir_if_present(path: &Path) -> Result<(), DistroError> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
         _ => Ok(()),
     }
+}
+
+/// Removes every non-directory below `dir`, keeping the directory tree.
+fn remove_files_below(dir: &Path) -> Result<(), DistroError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        // file_type does not follow symlinks: a link to a directory is removed, not entered.
+        if entry.file_type().map_err(io_err(&path))?.is_dir() {
+            remove_files_below(&path)?;
+        } else {
+            remove_if_present(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes everything inside `dir` but keeps `dir` (with its mode and owner).
@@ -753,6 +943,71 @@ mod tests {
     }
 
     #[test]
+    fn tree_key_tracks_spec_and_archive() {
+        let a = tree_key("fp", b"Release A");
+        assert_eq!(a, tree_key("fp", b"Release A"));
+        assert_ne!(a, tree_key("fp", b"Release B"));
+        assert_ne!(a, tree_key("fp2", b"Release A"));
+        assert_eq!(a.len(), 64);
+    }
+
+    #[test]
+    fn release_file_prefers_inrelease() {
+        let d = tempfile::tempdir().unwrap();
+        let lists = d.path().join("var/lib/apt/lists");
+        std::fs::create_dir_all(&lists).unwrap();
+        assert!(release_file(d.path()).is_err());
+        std::fs::write(lists.join("m_dists_bookworm_Release"), b"plain").unwrap();
+        assert_eq!(release_file(d.path()).unwrap(), b"plain");
+        std::fs::write(lists.join("m_dists_bookworm_InRelease"), b"signed").unwrap();
+        std::fs::write(
+            lists.join("m_dists_bookworm_main_binary-amd64_Packages"),
+            b"p",
+        )
+        .unwrap();
+        assert_eq!(release_file(d.path()).unwrap(), b"signed");
+    }
+
+    #[test]
+    fn tar_round_trip_keeps_modes_links_and_owners() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("etc")).unwrap();
+        std::fs::write(src.join("etc/shadow"), b"s").unwrap();
+        std::fs::set_permissions(
+            src.join("etc/shadow"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("usr/bin", src.join("bin")).unwrap();
+        let trees = d.path().join("trees");
+        let cached = trees.join("k.tar");
+        std::fs::create_dir_all(&trees).unwrap();
+        std::fs::write(trees.join("old.tar"), b"old").unwrap();
+        cache_tree(&trees, &cached, &src).unwrap();
+        assert!(!trees.join("old.tar").exists());
+        let dst = d.path().join("dst");
+        std::fs::create_dir_all(&dst).unwrap();
+        tar(
+            &["--extract", "--same-owner", "--same-permissions"],
+            &cached,
+            &dst,
+        )
+        .unwrap();
+        let meta = std::fs::metadata(dst.join("etc/shadow")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        assert_eq!(
+            meta.uid(),
+            std::fs::metadata(src.join("etc/shadow")).unwrap().uid()
+        );
+        assert_eq!(
+            std::fs::read_link(dst.join("bin")).unwrap(),
+            Path::new("usr/bin")
+        );
+    }
+
+    #[test]
     fn phase_lines_condense_per_package_output() {
         let mut verb = String::new();
         let lines = [
@@ -806,6 +1061,25 @@ mod tests {
         for text in ["", "\\", "a b c d \\0", "1 2 3 4 \\777\\", "x\n\n\n"] {
             let _ = mounts_below(text, Path::new("/"));
         }
+    }
+
+    #[test]
+    fn log_clean_up_keeps_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("var/log");
+        std::fs::create_dir_all(log.join("journal")).unwrap();
+        std::fs::create_dir_all(log.join("apt")).unwrap();
+        std::fs::write(log.join("apt/history.log"), b"x").unwrap();
+        std::fs::write(log.join("dpkg.log"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", log.join("link")).unwrap();
+        remove_files_below(&log).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["apt", "journal"]);
+        assert_eq!(std::fs::read_dir(log.join("apt")).unwrap().count(), 0);
     }
 
     #[test]

@@ -144,6 +144,9 @@ pub struct VmRecord {
     /// Disks and NICs on hotplug ports (hot-added, or attached to stay removable).
     #[serde(default)]
     pub placement: vireo_qemu::hotplug::HotplugPlacement,
+    /// cloud-init settings; the seed CD-ROM in `spec.cdroms` is generated from them.
+    #[serde(default)]
+    pub cloud_init: Option<vireo_api::vms::CloudInitConfig>,
 }
 
 impl VmRecord {

@@ -367,6 +367,7 @@ async fn update_uses_optimistic_concurrency() {
             UpdateVmRequest {
                 vcpus: Some(2),
                 memory_mib: None,
+                cloud_init: None,
             },
             Some(vm.revision + 100),
         )
@@ -380,6 +381,7 @@ async fn update_uses_optimistic_concurrency() {
             UpdateVmRequest {
                 vcpus: Some(2),
                 memory_mib: Some(512),
+                cloud_init: None,
             },
             Some(vm.revision),
         )
@@ -394,6 +396,7 @@ async fn update_uses_optimistic_concurrency() {
             UpdateVmRequest {
                 vcpus: Some(0),
                 memory_mib: None,
+                cloud_init: None,
             },
             None,
         )

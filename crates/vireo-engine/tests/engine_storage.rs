@@ -251,3 +251,55 @@ async fn import_converts_and_refuses_hostile_uploads() {
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), victim.len());
     let _ = Arc::clone(&env.hv);
 }
+
+#[tokio::test]
+async fn disk_images_import_use_and_export() {
+    let env = setup().await;
+    let e = &env.engine;
+    let upload = e.volume_upload_path().unwrap();
+    std::fs::write(&upload, vec![7u8; 2 << 20]).unwrap();
+    let op = e
+        .import_image(
+            name("imported"),
+            vireo_types::Firmware::Bios,
+            upload.clone(),
+            "t",
+        )
+        .await
+        .unwrap();
+    let op = wait(e, &op).await;
+    assert_eq!(op.status, OperationStatus::Succeeded, "{op:?}");
+    assert!(!upload.exists());
+    let disk = e.image_disk("imported").await.unwrap();
+    assert!(disk.is_file());
+    assert!(matches!(
+        e.image_disk("tiny").await.unwrap_err(),
+        EngineError::Conflict(_)
+    ));
+    // A VM from it is an overlay; the image cannot go while the VM exists.
+    let mut req = create_req("fromimg", false);
+    req.image = Some(name("imported"));
+    let op = e.create_vm(None, req, "t").await.unwrap();
+    assert_eq!(wait(e, &op).await.status, OperationStatus::Succeeded);
+    let v = e.list_volumes(None).await.unwrap();
+    assert_eq!(v[0].backing_image.as_ref().unwrap().as_str(), "imported");
+    assert!(matches!(
+        e.delete_image("imported", "t").await.unwrap_err(),
+        EngineError::Conflict(_)
+    ));
+    // A name clash is refused and the upload discarded.
+    let upload = e.volume_upload_path().unwrap();
+    std::fs::write(&upload, b"x").unwrap();
+    assert!(matches!(
+        e.import_image(
+            name("imported"),
+            vireo_types::Firmware::Bios,
+            upload.clone(),
+            "t"
+        )
+        .await
+        .unwrap_err(),
+        EngineError::Conflict(_)
+    ));
+    assert!(!upload.exists());
+}

@@ -278,6 +278,42 @@ pub fn build_with(
     for nic in &spec.nics {
         push_nic(&mut a, nic, placement.nic_port(&nic.name));
     }
+    // After disks and NICs, so adding a seed never moves their PCI addresses.
+    if !spec.cdroms.is_empty() {
+        a.push2("-device", "virtio-scsi-pci,id=vireo_scsi");
+        for cd in &spec.cdroms {
+            let ids = disk_ids(&cd.name);
+            a.push2(
+                "-blockdev",
+                format!(
+                    "driver=file,node-name={},filename={},read-only=on",
+                    ids.file_node,
+                    opt_path("cdrom", &cd.path)?
+                ),
+            );
+            a.push2(
+                "-blockdev",
+                format!(
+                    "driver=raw,node-name={},file={},read-only=on",
+                    ids.format_node, ids.file_node
+                ),
+            );
+            a.push2(
+                "-device",
+                format!(
+                    "scsi-cd,bus=vireo_scsi.0,id={},drive={}",
+                    ids.device, ids.format_node
+                ),
+            );
+        }
+    }
+    for f in &spec.fw_cfg {
+        // The name was validated (opt/ and [A-Za-z0-9._/-]): only the path needs escaping.
+        a.push2(
+            "-fw_cfg",
+            format!("name={},file={}", f.name, opt_path("fw_cfg", &f.path)?),
+        );
+    }
     Ok(a.0)
 }
 

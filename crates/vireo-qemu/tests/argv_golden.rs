@@ -93,6 +93,8 @@ fn kernel_boot_tcg() {
             None,
         )],
         nics: vec![nic("eth0", "0a:76:72:00:00:01", NicBackend::User)],
+        cdroms: vec![],
+        fw_cfg: vec![],
     };
     check(
         "kernel_boot_tcg",
@@ -122,6 +124,8 @@ fn disk_boot_bios_kvm() {
                 ifname: "vt-web1-0".into(),
             },
         )],
+        cdroms: vec![],
+        fw_cfg: vec![],
     };
     check(
         "disk_boot_bios_kvm",
@@ -163,6 +167,8 @@ fn uefi_two_disks_two_nics() {
                 },
             ),
         ],
+        cdroms: vec![],
+        fw_cfg: vec![],
     };
     check(
         "uefi_two_disks_two_nics",
@@ -195,6 +201,8 @@ fn read_only() {
             ),
         ],
         nics: vec![],
+        cdroms: vec![],
+        fw_cfg: vec![],
     };
     check("read_only", build(&spec, &ctx(Accel::Tcg, false)).unwrap());
 }
@@ -209,6 +217,8 @@ fn uefi_without_firmware_and_invalid_specs_are_rejected() {
         },
         disks: vec![disk("root", "/r.qcow2", DiskFormat::Qcow2, false, Some(0))],
         nics: vec![],
+        cdroms: vec![],
+        fw_cfg: vec![],
     };
     assert!(matches!(
         build(&spec, &ctx(Accel::Tcg, false)),
@@ -237,6 +247,8 @@ fn option_values_with_commas_are_escaped() {
             Some(0),
         )],
         nics: vec![],
+        cdroms: vec![],
+        fw_cfg: vec![],
     };
     let mut c = ctx(Accel::Tcg, false);
     c.run_dir = "/run/x,y".into();
@@ -291,6 +303,8 @@ fn hotplugged_spec() -> VmSpec {
                 },
             ),
         ],
+        cdroms: vec![],
+        fw_cfg: vec![],
     }
 }
 
@@ -376,4 +390,35 @@ fn placements_that_do_not_fit_are_rejected() {
         build_with(&spec, &c, &placed(shared)),
         Err(ArgvError::Placement(PlacementError::PortShared { port: p, .. })) if p == port(2)
     ));
+}
+
+#[test]
+fn cloud_init_seed_and_ignition() {
+    let spec = VmSpec {
+        vcpus: 1,
+        memory_mib: 512,
+        boot: BootSource::Disk {
+            firmware: Firmware::Bios,
+        },
+        disks: vec![disk(
+            "root",
+            "/var/lib/vireo/pools/default/root.qcow2",
+            DiskFormat::Qcow2,
+            false,
+            Some(1),
+        )],
+        nics: vec![nic("eth0", "0a:76:72:00:00:01", NicBackend::User)],
+        cdroms: vec![vireo_types::CdromSpec {
+            name: name("cidata"),
+            path: "/run/vireo/vms/0191c7a4/cidata,1.iso".into(),
+        }],
+        fw_cfg: vec![vireo_types::FwCfgFile {
+            name: "opt/com.coreos/config".into(),
+            path: "/run/vireo/vms/0191c7a4/ignition.json".into(),
+        }],
+    };
+    check(
+        "cloud_init_seed_and_ignition",
+        build(&spec, &ctx(Accel::Tcg, false)).unwrap(),
+    );
 }

@@ -75,6 +75,8 @@ fn tiny_spec(dir: &Path, image: &TinyImage) -> VmSpec {
             mac: "0a:76:72:00:01:01".parse().unwrap(),
             backend: NicBackend::User,
         }],
+        cdroms: vec![],
+        fw_cfg: vec![],
     }
 }
 

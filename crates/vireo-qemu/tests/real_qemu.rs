@@ -203,6 +203,8 @@ async fn uefi_disk_boot_with_two_disks_and_two_nics_runs() {
                 backend: NicBackend::User,
             },
         ],
+        cdroms: vec![],
+        fw_cfg: vec![],
     };
     let mut ctx = context(dir.path(), Uuid::new_v4());
     ctx.ovmf = Some(files);
@@ -275,6 +277,8 @@ async fn kernel_boot_console_reaches_socket_and_log() {
         },
         disks: vec![],
         nics: vec![],
+        cdroms: vec![],
+        fw_cfg: vec![],
     };
     let uuid = Uuid::new_v4();
     let qemu = start(dir.path(), &spec, uuid).await;

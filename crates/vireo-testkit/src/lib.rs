@@ -298,6 +298,94 @@ impl TestDaemon {
     }
 }
 
+/// Storage helpers: guest shell, operations, pools (used by the `real_storage*` tests).
+impl TestDaemon {
+    /// Runs `script` with `sh -c` in guest `vm` through the agent; asserts exit 0, returns stdout.
+    pub fn sh(&self, vm: &str, script: &str) -> String {
+        self.ok(&["vm", "exec", vm, "--", "sh", "-c", script])
+    }
+
+    /// Waits until `vm` runs and its guest agent answers.
+    pub fn wait_ready(&self, vm: &str) -> serde_json::Value {
+        self.wait_vm(vm, Duration::from_secs(120), |v| {
+            v["state"] == "running" && v["guest_ready"] == true
+        })
+    }
+
+    /// Polls operation `id` until it is no longer pending/running; returns it.
+    pub fn wait_operation(&self, id: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let op = self.json(&["operation", "show", id]);
+            let status = op["status"].as_str().unwrap_or("");
+            if !matches!(status, "pending" | "running") {
+                return op;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "operation {id} still {status} after {timeout:?}: {op}\ndaemon log tail:\n{}",
+                    tail(&self.log(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// [`TestDaemon::http`] with the body parsed as JSON (`Null` when empty or not JSON).
+    pub fn http_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (status, text) = self.http(method, path, body);
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// The directory of storage pool `pool` (from `vireo storage pool show`).
+    pub fn pool_dir(&self, pool: &str) -> PathBuf {
+        let info = self.json(&["storage", "pool", "show", pool]);
+        PathBuf::from(
+            info["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("pool {pool} has no path: {info}")),
+        )
+    }
+
+    /// Volume records of `pool` (`vireo storage volume list --pool POOL`).
+    pub fn volumes(&self, pool: &str) -> Vec<serde_json::Value> {
+        match self.json(&["storage", "volume", "list", "--pool", pool]) {
+            serde_json::Value::Array(v) => v,
+            other => panic!("volume list is not an array: {other}"),
+        }
+    }
+
+    /// Compares the files in `pool`'s directory with its volume records (a `dir` pool stores
+    /// volume UUID `u` as `u.qcow2`): returns (files without a record, records without a file),
+    /// both sorted. Both empty means the pool holds exactly what the daemon knows about.
+    pub fn pool_mismatch(&self, pool: &str) -> (Vec<String>, Vec<String>) {
+        let expected: std::collections::BTreeSet<String> = self
+            .volumes(pool)
+            .iter()
+            .map(|v| format!("{}.qcow2", v["uuid"].as_str().unwrap_or("?")))
+            .collect();
+        let present: std::collections::BTreeSet<String> = std::fs::read_dir(self.pool_dir(pool))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (
+            present.difference(&expected).cloned().collect(),
+            expected.difference(&present).cloned().collect(),
+        )
+    }
+}
+
 impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill9();

@@ -203,6 +203,43 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     #[serde(default)]
     pub nics: Vec<NicSpec>,
+    /// Read-only CD-ROMs (e.g. the cloud-init `cidata` seed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdroms: Vec<CdromSpec>,
+    /// Files handed to the guest firmware through QEMU `fw_cfg` (e.g. an Ignition config).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fw_cfg: Vec<FwCfgFile>,
+}
+
+/// A read-only CD-ROM image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CdromSpec {
+    pub name: Name,
+    #[schema(value_type = String)]
+    pub path: PathBuf,
+}
+
+/// A file exposed as `fw_cfg` entry `name` (e.g. `opt/com.coreos/config`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FwCfgFile {
+    /// Entry name: `opt/` followed by letters, digits, `.`, `_`, `-` and `/`.
+    pub name: String,
+    #[schema(value_type = String)]
+    pub path: PathBuf,
+}
+
+/// Whether `name` is a fw_cfg entry name guests may be given (QEMU reserves everything
+/// outside `opt/`; the rest keeps the argv free of separators).
+pub fn valid_fw_cfg_name(name: &str) -> bool {
+    name.len() <= 55
+        && name.strip_prefix("opt/").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+        })
 }
 
 /// A spec that breaks a rule.
@@ -234,6 +271,8 @@ pub enum SpecError {
     TapName(String),
     #[error("disk boot needs at least one disk with a boot_index")]
     NoBootDisk,
+    #[error("fw_cfg entry name {0:?} must start with opt/ and use letters, digits, . _ - /")]
+    FwCfgName(String),
 }
 
 fn check_path(p: &std::path::Path) -> Result<(), SpecError> {
@@ -296,12 +335,31 @@ impl VmSpec {
             }
         }
         let mut names = HashSet::new();
-        for d in &self.disks {
-            check_path(&d.path)?;
-            if !names.insert(d.name.as_str()) {
+        // Disks and CD-ROMs share QEMU's block node and device id name space.
+        for (name, path) in self
+            .disks
+            .iter()
+            .map(|d| (&d.name, &d.path))
+            .chain(self.cdroms.iter().map(|c| (&c.name, &c.path)))
+        {
+            check_path(path)?;
+            if !names.insert(name.as_str()) {
                 return Err(SpecError::DuplicateName {
                     what: "disk",
-                    name: d.name.to_string(),
+                    name: name.to_string(),
+                });
+            }
+        }
+        let mut entries = HashSet::new();
+        for f in &self.fw_cfg {
+            check_path(&f.path)?;
+            if !valid_fw_cfg_name(&f.name) {
+                return Err(SpecError::FwCfgName(f.name.clone()));
+            }
+            if !entries.insert(f.name.as_str()) {
+                return Err(SpecError::DuplicateName {
+                    what: "fw_cfg entry",
+                    name: f.name.clone(),
                 });
             }
         }
@@ -346,7 +404,43 @@ mod tests {
             },
             disks: vec![],
             nics: vec![],
+            cdroms: vec![],
+            fw_cfg: vec![],
         }
+    }
+
+    #[test]
+    fn cdroms_and_fw_cfg_are_checked() {
+        let mut s = base();
+        s.cdroms.push(CdromSpec {
+            name: Name::new("cidata").unwrap(),
+            path: "/v/cidata.iso".into(),
+        });
+        s.fw_cfg.push(FwCfgFile {
+            name: "opt/com.coreos/config".into(),
+            path: "/v/ign.json".into(),
+        });
+        assert!(s.validate().is_ok());
+        let mut dup = s.clone();
+        dup.disks.push(DiskSpec {
+            name: Name::new("cidata").unwrap(),
+            path: "/v/d.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+            boot_index: None,
+        });
+        assert!(matches!(
+            dup.validate(),
+            Err(SpecError::DuplicateName { .. })
+        ));
+        for bad in ["etc/x", "opt/", "opt/a,b", "opt/a b", "opt/x=y"] {
+            let mut b = s.clone();
+            b.fw_cfg[0].name = bad.into();
+            assert_eq!(b.validate(), Err(SpecError::FwCfgName(bad.into())), "{bad}");
+        }
+        let mut rel = s.clone();
+        rel.cdroms[0].path = "../x.iso".into();
+        assert!(matches!(rel.validate(), Err(SpecError::BadPath(_))));
     }
 
     #[test]

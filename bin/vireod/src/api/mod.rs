@@ -173,6 +173,41 @@ pub async fn receive_upload(
     }
 }
 
+/// A download response streaming `file` (`len` bytes) in 1 MiB chunks.
+pub fn stream_file(
+    file: tokio::fs::File,
+    len: u64,
+    content_type: &str,
+    filename: &str,
+) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let stream = futures::stream::unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
 /// Validated path parameter `{name}`.
 pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
     vireo_types::Name::new(s).map_err(|e| {
@@ -203,7 +238,7 @@ pub fn path_name(s: &str, what: &str) -> Result<vireo_types::Name, ApiError> {
         networks::list_nics, networks::add_nic, networks::update_nic, networks::remove_nic,
         storage::list_pools, storage::create_pool, storage::get_pool, storage::delete_pool,
         storage::list_volumes, storage::create_volume, storage::import_volume,
-        storage::get_volume, storage::delete_volume,
+        storage::get_volume, storage::delete_volume, storage::import_image, storage::export_image,
         snapshots::list_snapshots, snapshots::create_snapshot, snapshots::restore_snapshot,
         snapshots::delete_snapshot, snapshots::clone_vm, snapshots::template_vm,
         snapshots::attach_disk, snapshots::detach_disk, snapshots::resize_volume,
@@ -252,6 +287,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/operations/{id}/wait", get(misc::wait_operation))
         .route("/v1/images", get(misc::list_images))
         .route("/v1/images/build", post(misc::build_image))
+        .route("/v1/images/import", post(storage::import_image))
+        .route("/v1/images/{name}/export", get(storage::export_image))
         .route(
             "/v1/images/{name}",
             get(misc::get_image).delete(misc::delete_image),
@@ -337,6 +374,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/openapi.json", get(misc::openapi_json))
         .route("/metrics", get(misc::metrics))
+        .merge(crate::ui::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -140,3 +140,53 @@ pub async fn delete_volume(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Registers a disk image (qcow2, raw, VMDK, VHD, VHDX; detected by content) as an image,
+/// converted to qcow2; VMs made from it get copy-on-write overlays.
+#[utoipa::path(post, path = "/v1/images/import", tag = "images",
+    params(vireo_api::images::ImportImageQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 202, body = Operation), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn import_image(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<vireo_api::images::ImportImageQuery>,
+    Requestor(who): Requestor,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let path = s.engine.volume_upload_path()?;
+    if let Err(e) = super::receive_upload(body, &path, "a disk image").await {
+        if let Some(dir) = path.parent() {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
+        return Err(e);
+    }
+    let firmware = q.firmware.unwrap_or(vireo_types::Firmware::Bios);
+    let op = s.engine.import_image(q.name, firmware, path, &who).await?;
+    Ok(accepted(op))
+}
+
+/// Downloads a disk image as qcow2.
+#[utoipa::path(get, path = "/v1/images/{name}/export", tag = "images", params(("name" = String, Path)),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn export_image(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Requestor(who): Requestor,
+) -> Result<Response, ApiError> {
+    let name = path_name(&name, "image")?;
+    let path = s.engine.image_disk(name.as_str()).await?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        ApiError::new(
+            vireo_api::ErrorCode::Internal,
+            format!("opening the image: {e}"),
+        )
+    })?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    tracing::info!(target: "vireo::audit", image = %name, requestor = %who, bytes = len, "image exported");
+    Ok(super::stream_file(
+        file,
+        len,
+        "application/octet-stream",
+        &format!("{name}.qcow2"),
+    ))
+}

@@ -257,28 +257,10 @@ pub async fn export_vm(
     })?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     tracing::info!(target: "vireo::audit", vm = %name, requestor = %who, bytes = len, "exported as OVA");
-    let stream = futures::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 1 << 20];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), file))
-            }
-            Err(e) => Some((Err(e), file)),
-        }
-    });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/x-tar".to_string()),
-            (header::CONTENT_LENGTH, len.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{name}.ova\""),
-            ),
-        ],
-        axum::body::Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(super::stream_file(
+        file,
+        len,
+        "application/x-tar",
+        &format!("{name}.ova"),
+    ))
 }

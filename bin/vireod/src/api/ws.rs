@@ -36,7 +36,9 @@ pub async fn console(
     }
     let console = s.engine.console(q.project.as_ref(), name.as_str()).await?;
     tracing::info!(target: "vireo::audit", vm = %name, requestor = %who, "console attached");
-    Ok(ws.on_upgrade(move |socket| run_console(socket, console, history as usize)))
+    Ok(ws
+        .protocols([crate::listen::WS_PROTOCOL])
+        .on_upgrade(move |socket| run_console(socket, console, history as usize)))
 }
 
 async fn run_console(socket: WebSocket, console: Console, history: usize) {
@@ -99,6 +101,8 @@ pub async fn events(
             .collect()
     });
     let mut rx = s.engine.events().subscribe();
+    // Browsers offer the `vireo` subprotocol (plus the token, see listen.rs): answer with it.
+    let ws = ws.protocols([crate::listen::WS_PROTOCOL]);
     ws.on_upgrade(move |socket| async move {
         let (mut tx, mut incoming) = socket.split();
         loop {

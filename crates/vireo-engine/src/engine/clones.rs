@@ -48,6 +48,13 @@ pub(crate) fn derive_record(src: &VmRecord, name: &Name, uuid: Uuid, dir: PathBu
             .trim()
             .to_string();
     }
+    // A host name that only repeated the source's name follows the clone's name.
+    let cloud_init = src.cloud_init.clone().map(|mut c| {
+        if c.hostname.as_deref() == Some(src.name.as_str()) {
+            c.hostname = None;
+        }
+        c
+    });
     VmRecord {
         uuid,
         name: name.clone(),
@@ -66,6 +73,7 @@ pub(crate) fn derive_record(src: &VmRecord, name: &Name, uuid: Uuid, dir: PathBu
         template_source: src.template.then(|| src.name.clone()),
         current_snapshot: None,
         placement: src.placement.clone(),
+        cloud_init,
     }
 }
 
@@ -254,6 +262,8 @@ impl Engine {
                         )
                         .await?;
                     let mut rec = derive_record(&src, &name, uuid, dir);
+                    super::cloudinit::apply_seed(&mut rec)?;
+                    super::cloudinit::rehome_fw_cfg(&mut rec)?;
                     engine
                         .make_clone_disks(&op2, &mut rec, &sources, pool.as_ref().map(Name::as_str))
                         .await?;
@@ -639,6 +649,8 @@ impl Engine {
                 let mut rec = derive_record(&src, &name, uuid, dir);
                 rec.spec.vcpus = vcpus;
                 rec.spec.memory_mib = memory_mib;
+                super::cloudinit::apply_seed(&mut rec)?;
+                super::cloudinit::rehome_fw_cfg(&mut rec)?;
                 engine
                     .make_clone_disks(&op, &mut rec, &bases, pool.as_ref().map(|p| p.as_str()))
                     .await?;
@@ -728,6 +740,8 @@ mod tests {
                     mac: MacAddr::generated([1, 2, 3]),
                     backend: NicBackend::User,
                 }],
+                cdroms: vec![],
+                fw_cfg: vec![],
             },
             networks: vec!["user".into()],
             state: VmState::Stopped,
@@ -740,6 +754,7 @@ mod tests {
             template_source: None,
             current_snapshot: Some(Name::new("s1").unwrap()),
             placement: Default::default(),
+            cloud_init: None,
         }
     }
 

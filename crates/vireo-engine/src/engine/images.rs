@@ -224,3 +224,131 @@ impl Engine {
         Ok(op.snapshot().unwrap_or_else(|| unreachable_op(op.id)))
     }
 }
+
+impl Engine {
+    /// Registers the uploaded disk image at `upload` (any format the image engine reads,
+    /// detected by content; from [`Engine::volume_upload_path`], removed when done) as disk
+    /// image `name`, converted to qcow2. VMs made from it get copy-on-write overlays.
+    pub async fn import_image(
+        &self,
+        name: vireo_types::Name,
+        firmware: vireo_types::Firmware,
+        upload: std::path::PathBuf,
+        requestor: &str,
+    ) -> Result<Operation> {
+        let upload_dir = upload.parent().map(std::path::PathBuf::from);
+        let discard = || {
+            if let Some(d) = &upload_dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        };
+        match self.inner.db.get_image(name.as_str()).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                discard();
+                return Err(EngineError::Conflict(format!(
+                    "image {:?} already exists",
+                    name.as_str()
+                )));
+            }
+            Err(e) => {
+                discard();
+                return Err(e);
+            }
+        }
+        let uuid = Uuid::now_v7();
+        let dir = self
+            .inner
+            .cfg
+            .state_dir
+            .join("images")
+            .join(format!("{name}-{uuid}"));
+        let target = format!("image/{name}");
+        let op = self
+            .inner
+            .ops
+            .begin("image.import", &target, requestor, true)
+            .await;
+        if let Some(d) = &upload_dir {
+            op.journal(Cleanup::RemovePath { path: d.clone() }).await;
+        }
+        let (engine, op2, requestor) = (self.clone(), op.clone(), requestor.to_string());
+        tokio::spawn(async move {
+            let res = async {
+                op2.journal(Cleanup::RemovePath { path: dir.clone() }).await;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| EngineError::internal("creating the image directory", e))?;
+                op2.stage("converting to qcow2");
+                let (src, dst, op_p) = (upload.clone(), dir.join("disk.qcow2"), op2.clone());
+                let dst2 = dst.clone();
+                super::storage::blocking("importing the image", move || {
+                    let cancel = std::sync::atomic::AtomicBool::new(false);
+                    let mut progress = |done: u64, total: u64| {
+                        if op_p.is_cancelled() {
+                            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        op_p.progress(super::storage::bytes_progress(done, total, "converting"));
+                    };
+                    crate::storage::dir::convert_untrusted(&src, &dst2, &mut progress, &cancel)
+                })
+                .await?;
+                let rec = ImageRecord {
+                    info: ImageInfo {
+                        name: name.clone(),
+                        uuid,
+                        created_at: Utc::now(),
+                        content: ImageContent::Disk {
+                            firmware,
+                            virtual_size_bytes: disk_virtual_size(&dst),
+                        },
+                        size_bytes: dir_size(&dir),
+                        source: "import".into(),
+                    },
+                    dir: dir.clone(),
+                    files: ImageFiles::Disk { path: dst },
+                };
+                op2.journal(Cleanup::DeleteKey {
+                    key: records::image_key(name.as_str()),
+                })
+                .await;
+                engine.inner.db.create_image(&rec).await?;
+                engine.inner.events.emit(
+                    "image.created",
+                    None,
+                    &target,
+                    &requestor,
+                    serde_json::json!({"source": "import"}),
+                );
+                Ok::<(), EngineError>(())
+            }
+            .await;
+            if let Some(d) = &upload_dir {
+                let _ = tokio::fs::remove_dir_all(d).await;
+            }
+            match res {
+                Ok(()) => op2.succeed().await,
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "image import failed");
+                    op2.fail(&e.to_string()).await
+                }
+            }
+        });
+        Ok(op.snapshot().unwrap_or_else(|| unreachable_op(op.id)))
+    }
+
+    /// The qcow2 file of disk image `name`, for export (images are immutable).
+    pub async fn image_disk(&self, name: &str) -> Result<std::path::PathBuf> {
+        let rec = self
+            .inner
+            .db
+            .get_image(name)
+            .await?
+            .ok_or_else(|| not_found("image", name))?;
+        match rec.files {
+            ImageFiles::Disk { path } => Ok(path),
+            ImageFiles::Kernel { .. } => Err(EngineError::Conflict(format!(
+                "image {name:?} is a kernel image (kernel + initramfs), not a disk; export a VM made from it instead"
+            ))),
+        }
+    }
+}

@@ -69,6 +69,8 @@ pub fn spec_from_ovf(
         boot: BootSource::Disk { firmware },
         disks: disk_specs,
         nics,
+        cdroms: vec![],
+        fw_cfg: vec![],
     };
     spec.validate()
         .map_err(|e| format!("the package describes hardware Vireo cannot run: {e}"))?;
@@ -245,6 +247,7 @@ impl Engine {
             template_source: None,
             current_snapshot: None,
             placement: Default::default(),
+            cloud_init: None,
         };
         op.journal(Cleanup::DeleteKey {
             key: records::vm_key(project, name.as_str()),

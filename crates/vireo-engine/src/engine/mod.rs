@@ -3,6 +3,7 @@
 
 mod attach;
 mod clones;
+mod cloudinit;
 mod export;
 mod images;
 mod import;

@@ -89,6 +89,7 @@ impl Engine {
             template_source: r.template_source.clone(),
             template: r.template,
             current_snapshot: r.current_snapshot.clone(),
+            cloud_init: r.cloud_init.clone(),
             created_at: r.created_at,
             pid: r.pid,
             accel: r.accel.clone(),
@@ -297,6 +298,8 @@ impl Engine {
             boot,
             disks,
             nics,
+            cdroms: vec![],
+            fw_cfg: vec![],
         };
         spec.validate().map_err(|e| {
             let field = match e {
@@ -335,7 +338,15 @@ impl Engine {
             template_source: None,
             current_snapshot: None,
             placement: Default::default(),
+            cloud_init: req.cloud_init.clone(),
         };
+        if let Some(cfg) = &record.cloud_init {
+            super::cloudinit::render(&record, cfg)?;
+        }
+        if let Some(ign) = &req.ignition {
+            super::cloudinit::check_ignition(ign)?;
+        }
+        let ignition = req.ignition.clone();
         self.save_vm_nics(uuid, &p, &req.name, managed).await?;
         let op = self
             .inner
@@ -352,7 +363,9 @@ impl Engine {
         let op2 = op.clone();
         tokio::spawn(async move {
             let res = engine
-                .create_vm_work(&op2, record, &pool, backing, disk_bytes, start, &requestor)
+                .create_vm_work(
+                    &op2, record, &pool, backing, disk_bytes, ignition, start, &requestor,
+                )
                 .await;
             drop(reservation);
             match res {
@@ -374,6 +387,7 @@ impl Engine {
         pool: &str,
         backing: Option<(PathBuf, Option<vireo_api::storage::VolumeRef>, Option<Name>)>,
         disk_bytes: u64,
+        ignition: Option<String>,
         start: bool,
         requestor: &str,
     ) -> Result<()> {
@@ -403,6 +417,10 @@ impl Engine {
                 pool: vol.pool.clone(),
                 volume: vol.name.clone(),
             });
+        }
+        super::cloudinit::apply_seed(&mut record)?;
+        if let Some(ign) = &ignition {
+            super::cloudinit::apply_ignition(&mut record, ign)?;
         }
         op.stage("recording the VM");
         let map_key = (record.project.to_string(), record.name.to_string());
@@ -612,12 +630,22 @@ impl Engine {
             };
             EngineError::invalid(field, e.to_string())
         })?;
+        if let Some(cfg) = &req.cloud_init {
+            let mut r = h.view().record;
+            r.cloud_init = Some(cfg.clone());
+            super::cloudinit::render(&r, cfg)?;
+        }
         h.update(if_match, move |r| {
             if let Some(v) = req.vcpus {
                 r.spec.vcpus = v;
             }
             if let Some(m) = req.memory_mib {
                 r.spec.memory_mib = m;
+            }
+            if let Some(cfg) = req.cloud_init {
+                // A new seed with a new instance-id: cloud-init runs first-boot modules again.
+                r.cloud_init = Some(cfg);
+                super::cloudinit::apply_seed(r)?;
             }
             Ok(())
         })

@@ -56,6 +56,26 @@ fn image(context: impl Into<String>) -> impl FnOnce(vireo_image::ImageError) -> 
     move |source| StorageError::Image { context, source }
 }
 
+/// Converts an untrusted image file (an upload) to qcow2 at `dst`. The source may name no
+/// other file: an empty allow-list would admit its own directory, so exactly a directory that
+/// does not exist is allowed.
+pub fn convert_untrusted(
+    src: &Path,
+    dst: &Path,
+    progress: ProgressFn<'_>,
+    cancel: &AtomicBool,
+) -> Result<(), StorageError> {
+    let mut opts = ConvertOptions::new(Format::Qcow2);
+    let upload_dir = src.parent().unwrap_or(Path::new("/nonexistent"));
+    opts.policy = PathPolicy {
+        allowed_dirs: vec![upload_dir.join(".no-references")],
+    };
+    let mut cb = |p: Progress| progress(p.done_bytes, p.total_bytes);
+    convert_with(src, dst, &opts, &mut cb, cancel)
+        .map_err(image("converting the uploaded image"))?;
+    Ok(())
+}
+
 impl PoolDriver for DirPool {
     fn kind(&self) -> PoolDriverKind {
         PoolDriverKind::Dir
@@ -138,18 +158,7 @@ impl PoolDriver for DirPool {
         progress: ProgressFn<'_>,
         cancel: &AtomicBool,
     ) -> Result<(), StorageError> {
-        let dst = self.volume_path(id);
-        let mut opts = ConvertOptions::new(Format::Qcow2);
-        // Untrusted upload: it may name no other file (an empty allow-list would admit its
-        // own directory, so allow exactly a directory that holds nothing else).
-        let upload_dir = src.parent().unwrap_or(Path::new("/nonexistent"));
-        opts.policy = PathPolicy {
-            allowed_dirs: vec![upload_dir.join(".no-references")],
-        };
-        let mut cb = |p: Progress| progress(p.done_bytes, p.total_bytes);
-        convert_with(src, &dst, &opts, &mut cb, cancel)
-            .map_err(image("converting the uploaded image"))?;
-        Ok(())
+        convert_untrusted(src, &self.volume_path(id), progress, cancel)
     }
 
     fn copy_from(

@@ -112,6 +112,8 @@ pub fn create_req(n: &str, start: bool) -> CreateVmRequest {
         firmware: None,
         pool: None,
         kernel_args: None,
+        cloud_init: None,
+        ignition: None,
         start,
     }
 }

@@ -50,6 +50,8 @@ pub fn bios_vm(run_dir: &Path) -> VmSpec {
             mac: "0a:76:72:00:00:01".parse().unwrap(),
             backend: NicBackend::User,
         }],
+        cdroms: vec![],
+        fw_cfg: vec![],
     }
 }
 

@@ -1,0 +1,202 @@
+import { useState } from "preact/hooks";
+import { api, ApiFailure, call, waitOperation, type Schemas } from "../api/client";
+import { navigate } from "../router";
+import { ErrorText, OpProgress, useData } from "../ui";
+
+type Form = {
+  name: string;
+  source: "image" | "template";
+  image: string;
+  template: string;
+  vcpus: string;
+  memory_mib: string;
+  disk_mib: string;
+  networks: string;
+  kernel_args: string;
+  hostname: string;
+  ssh_keys: string;
+  user_data: string;
+  start: boolean;
+};
+
+/** Number field: empty means "the API's default"; anything else is sent as typed (the API validates). */
+function num(s: string): number | null {
+  if (s.trim() === "") return null;
+  const n = Number(s);
+  return Number.isFinite(n) ? n : NaN;
+}
+
+export function CreateVm() {
+  const images = useData(() => call(api.GET("/v1/images")), []);
+  const vms = useData(() => call(api.GET("/v1/vms")), []);
+  const templates = (vms.data ?? []).filter((v) => v.template);
+  const [f, setF] = useState<Form>({
+    name: "",
+    source: "image",
+    image: "",
+    template: "",
+    vcpus: "1",
+    memory_mib: "256",
+    disk_mib: "",
+    networks: "user",
+    kernel_args: "",
+    hostname: "",
+    ssh_keys: "",
+    user_data: "",
+    start: true,
+  });
+  const [error, setError] = useState<unknown>(null);
+  const [op, setOp] = useState<Schemas["Operation"] | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  const set = <K extends keyof Form>(k: K, v: Form[K]) => setF((old) => ({ ...old, [k]: v }));
+  const image = f.image || images.data?.[0]?.name || "";
+  const template = f.template || templates[0]?.name || "";
+
+  async function submit(e: Event) {
+    e.preventDefault();
+    setError(null);
+    const keys = f.ssh_keys
+      .split("\n")
+      .map((k) => k.trim())
+      .filter(Boolean);
+    const cloudInit =
+      f.hostname.trim() || keys.length || f.user_data.trim()
+        ? { hostname: f.hostname.trim() || null, ssh_authorized_keys: keys, user_data: f.user_data.trim() ? f.user_data : null }
+        : null;
+    const body: Schemas["CreateVmRequest"] = {
+      name: f.name.trim(),
+      vcpus: num(f.vcpus),
+      memory_mib: num(f.memory_mib),
+      disk_mib: num(f.disk_mib),
+      networks: f.networks
+        .split(",")
+        .map((s) => s.trim())
+        .filter(Boolean),
+      kernel_args: f.kernel_args.trim() || null,
+      start: f.start,
+      cloud_init: cloudInit,
+      ...(f.source === "image" ? { image: image || null } : { template: template || null }),
+    };
+    for (const k of ["vcpus", "memory_mib", "disk_mib"] as const) {
+      if (Number.isNaN(body[k])) {
+        setError(new ApiFailure(400, "invalid_request", `${k} must be a number`, k));
+        return;
+      }
+    }
+    setBusy(true);
+    try {
+      const started = await call(api.POST("/v1/vms", { body }));
+      setOp(started);
+      await waitOperation(started, 600, setOp);
+      navigate(`/vms/${encodeURIComponent(body.name)}`);
+    } catch (err) {
+      setError(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  const fieldErr = (field: string) =>
+    error instanceof ApiFailure && error.field === field ? (
+      <p id={`err-${field}`} class="error field-error" role="alert">
+        {error.message}
+      </p>
+    ) : null;
+  const invalid = (field: string) =>
+    error instanceof ApiFailure && error.field === field ? { "aria-invalid": true, "aria-describedby": `err-${field}` } : {};
+  const general = error && !(error instanceof ApiFailure && error.field && ["name", "image", "template", "vcpus", "memory_mib", "disk_mib", "networks", "kernel_args", "cloud_init", "cloud_init.hostname", "cloud_init.ssh_authorized_keys", "cloud_init.user_data"].includes(error.field));
+
+  return (
+    <section aria-labelledby="create-title">
+      <h1 id="create-title">Create a virtual machine</h1>
+      <form class="wizard" onSubmit={submit} noValidate>
+        <fieldset>
+          <legend>Identity and source</legend>
+          <label for="vm-name">Name</label>
+          <input id="vm-name" name="name" required value={f.name} onInput={(e) => set("name", (e.target as HTMLInputElement).value)} {...invalid("name")} />
+          {fieldErr("name")}
+          <div role="radiogroup" aria-label="Create from" class="radios">
+            <label class="check">
+              <input type="radio" name="source" checked={f.source === "image"} onChange={() => set("source", "image")} /> Image
+            </label>
+            <label class="check">
+              <input type="radio" name="source" checked={f.source === "template"} onChange={() => set("source", "template")} disabled={templates.length === 0} /> Template (linked clone)
+            </label>
+          </div>
+          {f.source === "image" ? (
+            <>
+              <label for="vm-image">Image</label>
+              <select id="vm-image" name="image" value={image} onChange={(e) => set("image", (e.target as HTMLSelectElement).value)} {...invalid("image")}>
+                {(images.data ?? []).map((i) => (
+                  <option key={i.name} value={i.name}>
+                    {i.name} ({i.content.kind === "kernel" ? `kernel ${i.content.kernel_version}` : "disk"})
+                  </option>
+                ))}
+              </select>
+              {images.data?.length === 0 && <p class="muted small">No images yet: build one on the Images page.</p>}
+              {fieldErr("image")}
+            </>
+          ) : (
+            <>
+              <label for="vm-template">Template</label>
+              <select id="vm-template" name="template" value={template} onChange={(e) => set("template", (e.target as HTMLSelectElement).value)} {...invalid("template")}>
+                {templates.map((t) => (
+                  <option key={t.name}>{t.name}</option>
+                ))}
+              </select>
+              {fieldErr("template")}
+            </>
+          )}
+        </fieldset>
+        <fieldset>
+          <legend>Resources</legend>
+          <label for="vm-vcpus">vCPUs</label>
+          <input id="vm-vcpus" name="vcpus" inputMode="numeric" value={f.vcpus} onInput={(e) => set("vcpus", (e.target as HTMLInputElement).value)} {...invalid("vcpus")} />
+          {fieldErr("vcpus")}
+          <label for="vm-memory">Memory (MiB)</label>
+          <input id="vm-memory" name="memory_mib" inputMode="numeric" value={f.memory_mib} onInput={(e) => set("memory_mib", (e.target as HTMLInputElement).value)} {...invalid("memory_mib")} />
+          {fieldErr("memory_mib")}
+          <label for="vm-disk">Disk size (MiB, empty for the image's default)</label>
+          <input id="vm-disk" name="disk_mib" inputMode="numeric" value={f.disk_mib} onInput={(e) => set("disk_mib", (e.target as HTMLInputElement).value)} {...invalid("disk_mib")} />
+          {fieldErr("disk_mib")}
+        </fieldset>
+        <fieldset>
+          <legend>Network and boot</legend>
+          <label for="vm-networks">Networks (comma-separated; one NIC each; empty for none)</label>
+          <input id="vm-networks" name="networks" value={f.networks} onInput={(e) => set("networks", (e.target as HTMLInputElement).value)} {...invalid("networks")} />
+          {fieldErr("networks")}
+          <label for="vm-kargs">Extra kernel arguments (kernel images)</label>
+          <input id="vm-kargs" name="kernel_args" value={f.kernel_args} onInput={(e) => set("kernel_args", (e.target as HTMLInputElement).value)} {...invalid("kernel_args")} />
+          {fieldErr("kernel_args")}
+        </fieldset>
+        <fieldset>
+          <legend>Cloud-init (optional; a NoCloud seed the guest reads on first boot)</legend>
+          <label for="vm-hostname">Host name (default: the VM's name)</label>
+          <input id="vm-hostname" name="hostname" value={f.hostname} onInput={(e) => set("hostname", (e.target as HTMLInputElement).value)} {...invalid("cloud_init.hostname")} />
+          {fieldErr("cloud_init.hostname")}
+          <label for="vm-ssh">SSH authorized keys (one per line)</label>
+          <textarea id="vm-ssh" name="ssh_keys" rows={2} value={f.ssh_keys} onInput={(e) => set("ssh_keys", (e.target as HTMLTextAreaElement).value)} {...invalid("cloud_init.ssh_authorized_keys")} />
+          {fieldErr("cloud_init.ssh_authorized_keys")}
+          <label for="vm-userdata">User-data (#cloud-config YAML or a script)</label>
+          <textarea id="vm-userdata" name="user_data" rows={5} class="mono" value={f.user_data} onInput={(e) => set("user_data", (e.target as HTMLTextAreaElement).value)} {...invalid("cloud_init.user_data")} />
+          {fieldErr("cloud_init.user_data")}
+          {fieldErr("cloud_init")}
+        </fieldset>
+        <fieldset>
+          <legend>After create</legend>
+          <label class="check">
+            <input type="checkbox" name="start" checked={f.start} onChange={(e) => set("start", (e.target as HTMLInputElement).checked)} /> Start after create
+          </label>
+        </fieldset>
+        {general ? <ErrorText error={error} /> : null}
+        {op && busy && <OpProgress op={op} />}
+        <div class="actions">
+          <button type="submit" class="primary" disabled={busy}>
+            {busy ? "Creating…" : "Create VM"}
+          </button>
+        </div>
+      </form>
+    </section>
+  );
+}

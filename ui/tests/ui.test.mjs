@@ -1,0 +1,175 @@
+// Browser tests of the UI against a real vireod (started by crates/vireo-testkit/tests/
+// real_ui.rs, which passes VIREO_UI_URL, VIREO_UI_TOKEN, VIREO_UI_SCREENSHOTS and
+// VIREO_UI_READY_MARKER). Debian's Chromium, headless, driven by playwright-core; the daemon's
+// TLS listener has a self-signed certificate, so certificate errors are ignored for it.
+import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { chromium } from "playwright-core";
+
+const URL_BASE = need("VIREO_UI_URL");
+const TOKEN = need("VIREO_UI_TOKEN");
+const SHOTS = process.env.VIREO_UI_SCREENSHOTS ?? "target/ui-screenshots";
+const READY = process.env.VIREO_UI_READY_MARKER ?? "VIREO-GUEST-READY";
+const VM = `ui${process.pid % 100000}`;
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) throw new Error(`${name} must be set (run through crates/vireo-testkit/tests/real_ui.rs)`);
+  return v;
+}
+
+let context;
+let page;
+const profile = mkdtempSync(join(tmpdir(), "vireo-chromium-"));
+
+before(async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  // A fresh, empty profile per run (launchPersistentContext passes it as --user-data-dir).
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--ignore-certificate-errors",
+    ],
+    ignoreHTTPSErrors: true,
+    viewport: { width: 1366, height: 800 },
+  });
+  page = await context.newPage();
+  // The UI must not reach beyond the daemon: fail on any request to another origin.
+  const origin = new URL(URL_BASE).origin;
+  const foreign = [];
+  page.on("request", (r) => {
+    const u = new URL(r.url());
+    if (!["data:", "blob:"].includes(u.protocol) && u.origin !== origin && u.origin.replace(/^wss/, "https") !== origin) foreign.push(r.url());
+  });
+  page.foreign = foreign;
+  page.setDefaultTimeout(30_000);
+});
+
+after(async () => {
+  await context?.close();
+  rmSync(profile, { recursive: true, force: true });
+});
+
+/** Waits until the element matching `selector` has text matching `re`. */
+async function waitText(selector, re, timeout = 30_000) {
+  await page.waitForFunction(
+    ([sel, src]) => new RegExp(src).test(document.querySelector(sel)?.textContent ?? ""),
+    [selector, re.source],
+    { timeout },
+  );
+}
+
+async function shot(name) {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+test("a wrong token is rejected with a visible message", async () => {
+  await page.goto(`${URL_BASE}/ui/`);
+  await page.getByLabel("API token").fill("vireo_wrongwrongwrong");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  const alert = page.locator("#signin-error");
+  await alert.waitFor();
+  assert.match(await alert.innerText(), /not valid/);
+  await shot("01-signin-rejected");
+});
+
+test("sign in shows the dashboard with host and live events", async () => {
+  await page.getByLabel("API token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+  await page.getByText(/of .* used/).first().waitFor();
+  await page.locator("header .dot.on").waitFor();
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("vireo.token")), TOKEN);
+  await shot("02-dashboard");
+});
+
+test("the wizard shows a validation error next to its field", async () => {
+  await page.getByRole("link", { name: "Virtual machines" }).click();
+  await page.getByRole("link", { name: "Create VM" }).click();
+  await page.getByLabel("Name").fill(VM);
+  await page.getByLabel("Memory (MiB)").fill("0");
+  await page.getByRole("button", { name: "Create VM" }).click();
+  const err = page.locator("#err-memory_mib");
+  await err.waitFor();
+  assert.match(await err.innerText(), /memory/i);
+  assert.equal(await page.getByLabel("Memory (MiB)").getAttribute("aria-invalid"), "true");
+  await shot("03-wizard-validation");
+});
+
+test("create a VM from the tiny image and watch it reach running", async () => {
+  await page.getByLabel("Memory (MiB)").fill("256");
+  await page.locator("#vm-image").selectOption("tiny");
+  await page.getByRole("button", { name: "Create VM" }).click();
+  await page.waitForURL(`**/ui/vms/${VM}`, { timeout: 120_000 });
+  await waitText("[data-testid=vm-state]", /^running$/, 120_000);
+  await shot("04-vm-overview");
+});
+
+test("the console shows the guest's readiness line", async () => {
+  await page.getByRole("tab", { name: "Console" }).click();
+  await waitText("[data-testid=console-status]", /: connected$/);
+  await page.waitForFunction(
+    (marker) => document.querySelector("[data-testid=terminal] .xterm-rows")?.textContent?.includes(marker),
+    READY,
+    { timeout: 120_000 },
+  );
+  await shot("05-vm-console");
+});
+
+test("take a snapshot", async () => {
+  await page.getByRole("tab", { name: "Snapshots" }).click();
+  await page.getByLabel("Snapshot name").fill("before-stop");
+  await page.getByRole("button", { name: "Take snapshot" }).click();
+  await page.locator('[data-snapshot="before-stop"]').waitFor({ timeout: 120_000 });
+  await page.getByRole("button", { name: "Take snapshot" }).waitFor();
+  await shot("06-vm-snapshots");
+});
+
+test("hardware and metrics tabs", async () => {
+  await page.getByRole("tab", { name: "Hardware" }).click();
+  await page.getByRole("heading", { name: "Disks" }).waitFor();
+  await shot("07-vm-hardware");
+  await page.getByRole("tab", { name: "Metrics" }).click();
+  await page.getByText(/^CPU \d/).waitFor({ timeout: 60_000 });
+  await shot("08-vm-metrics");
+});
+
+test("stop and delete the VM", async () => {
+  await page.getByRole("button", { name: "Stop", exact: true }).click();
+  await page.getByRole("tab", { name: "Overview" }).click();
+  await waitText("[data-testid=vm-state]", /^stopped$/, 120_000);
+  await page.getByRole("button", { name: "Delete", exact: true }).first().click();
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  await shot("09-delete-confirm");
+  await dialog.getByRole("button", { name: "Delete" }).click();
+  await page.waitForURL("**/ui/vms", { timeout: 120_000 });
+  await page.getByRole("heading", { name: "Virtual machines" }).waitFor();
+  await page.waitForFunction((vm) => !document.querySelector(`[data-vm="${vm}"]`), VM);
+  await shot("10-vm-list");
+});
+
+test("operations, images and storage pages", async () => {
+  await page.getByRole("link", { name: "Operations" }).click();
+  await page.getByText("vm.delete").first().waitFor();
+  await shot("11-operations");
+  await page.getByRole("link", { name: "Images" }).click();
+  await page.getByRole("cell", { name: "tiny", exact: true }).waitFor();
+  await shot("12-images");
+  await page.getByRole("link", { name: "Storage" }).click();
+  await page.getByRole("heading", { name: "Storage pools" }).waitFor();
+  await shot("13-storage");
+  assert.deepEqual(page.foreign, [], "the UI made requests to other origins");
+});
