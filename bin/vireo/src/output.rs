@@ -143,6 +143,21 @@ impl Tabular for VmInfo {
             ("pid", or_dash(self.pid)),
             ("accelerator", or_dash(self.accel.as_ref())),
         ];
+        if self.template {
+            rows.push(("template", "yes (immutable; create VMs from it)".into()));
+        }
+        if let Some(t) = &self.template_source {
+            rows.push(("from template", t.to_string()));
+        }
+        if let Some(s) = &self.current_snapshot {
+            rows.push(("snapshot", s.to_string()));
+        }
+        if let Some(c) = &self.cloud_init {
+            rows.push((
+                "cloud-init",
+                format!("hostname {}", c.hostname.as_deref().unwrap_or(self.name.as_str())),
+            ));
+        }
         for disk in &self.disks {
             let mut desc = format!(
                 "{} {} {}",

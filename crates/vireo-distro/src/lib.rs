@@ -24,8 +24,9 @@
 //!   are complete. A failed build leaves the output directory as it was.
 //! - Every input that reaches a command line is validated first (release, package names,
 //!   mirror URL, disk size).
-//! - Concurrent builds must not share a `cache_dir` (debootstrap's package cache is not
-//!   locked); the daemon has one builder per cache directory.
+//! - Builds in one process run one at a time ([`build_debian`] holds a process-wide lock):
+//!   debootstrap's package cache and the tree cache are not safe for concurrent writers.
+//!   Separate processes must not share a `cache_dir`.
 //! - Needs root (debootstrap and chroot), `debootstrap`, GNU `tar`, `e2fsprogs` (1.47: `mkfs.ext4 -d`
 //!   with `-E offset`), `grub-common`, `grub-pc-bin`, `grub-efi-amd64-bin` on the host.
 
@@ -258,6 +259,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DistroError + '_ {
 
 /// Builds the Debian image; see the crate docs.
 pub fn build_debian(opts: &BuildOptions) -> Result<DebianImage, DistroError> {
+    static ONE_BUILD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A build that panicked left nothing to protect (its work directory was removed).
+    let _serial = ONE_BUILD_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let started = std::time::Instant::now();
     let quiet = |_: &str| {};
     let progress: &(dyn Fn(&str) + Sync) = opts.progress.unwrap_or(&quiet);

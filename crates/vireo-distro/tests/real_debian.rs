@@ -301,10 +301,24 @@ fn boot_and_check(uefi: bool, timeout: Duration) -> Result<()> {
         code == 0 && target.trim() == "active",
         "multi-user.target: {target}"
     );
-    ensure!(
-        state.trim() == "running",
-        "system state {state:?}, failed units: {failed}"
-    );
+    if state.trim() != "running" {
+        // Explain the failure: the failed units' journals and cloud-init's own log.
+        let mut why = String::new();
+        for unit in failed.lines().filter_map(|l| l.split_whitespace().next()) {
+            let (_, log) = agent.exec(
+                "/usr/bin/journalctl",
+                &["--no-pager", "-n", "60", "-u", unit],
+                Duration::from_secs(60),
+            )?;
+            why.push_str(&log);
+        }
+        let (_, ci_log) = agent.exec(
+            "/usr/bin/tail",
+            &["-n", "80", "/var/log/cloud-init.log"],
+            Duration::from_secs(60),
+        )?;
+        bail!("system state {state:?}, failed units: {failed}\n{why}\ncloud-init.log:\n{ci_log}");
+    }
 
     let (code, ci) = agent.exec("/usr/bin/cloud-init", &["status", "--wait"], timeout)?;
     ensure!(
