@@ -8,6 +8,7 @@ mod export;
 mod images;
 mod import;
 mod networks;
+mod nics;
 mod projects;
 mod snapshots;
 mod storage;
