@@ -131,10 +131,13 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 ///   `None` last so a VM without any seed still boots (fallback networking: DHCP on the
 ///   first NIC).
 /// - The image has neither ifupdown nor netplan; systemd-networkd renders the network.
+/// - `C.UTF-8`, built into libc: the `locales` package (needed for cloud-init's default
+///   `en_US.UTF-8`) is not installed, and `update-locale` refuses a locale it cannot find.
 pub fn cloud_init_config() -> String {
     "\
-# Vireo Debian image: data sources and network renderer.
+# Vireo Debian image: data sources, network renderer, locale.
 datasource_list: [ NoCloud, ConfigDrive, None ]
+locale: C.UTF-8
 system_info:
   network:
     renderers: [ networkd ]
