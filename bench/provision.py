@@ -153,47 +153,56 @@ def make_template(d, name, disk):
 
 
 def bench_linked(d, rounds, work):
-    print(f"(a) linked clone creation, {rounds} rounds each, alternating", flush=True)
+    print(f"(a) linked clone creation, {rounds} rounds, every variant in every round", flush=True)
     sizes = [("1GiB", 1 << 30), ("100GiB", 100 << 30)]
-    results = {}
+    bases = {}
     for label, size in sizes:
         tmpl = f"t{label.lower()}"
         make_template(d, tmpl, size)
-        base = volume_path(d, tmpl)
-        api_t, cli_t, qimg_t = [], [], []
-        # One warm-up of each (page cache, first-use paths), not counted.
-        for i in range(-1, rounds):
-            name = f"c{label.lower()}x{i + 1}"
-            t0 = time.perf_counter()
-            d.act("POST", f"/v1/vms/{tmpl}/clone", {"name": name})
-            t_api = time.perf_counter() - t0
-            d.delete_vm(name)
-            t0 = time.perf_counter()
-            d.cli("vm", "clone", tmpl, name)
-            t_cli = time.perf_counter() - t0
-            d.delete_vm(name)
+        bases[label] = (tmpl, volume_path(d, tmpl))
+    times = {(label, kind): [] for label, _ in sizes for kind in ("api", "cli", "qemu-img")}
+
+    def one(label, kind, i):
+        tmpl, base = bases[label]
+        name = f"c{label.lower()}x{i + 1}"
+        if kind == "qemu-img":
             out = os.path.join(work, f"{name}.qcow2")
+            argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", out]
             t0 = time.perf_counter()
-            subprocess.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", out],
-                check=True,
-            )
-            t_q = time.perf_counter() - t0
+            subprocess.run(argv, check=True)
+            t = time.perf_counter() - t0
             os.unlink(out)
+            return t
+        t0 = time.perf_counter()
+        if kind == "api":
+            d.act("POST", f"/v1/vms/{tmpl}/clone", {"name": name})
+        else:
+            d.cli("vm", "clone", tmpl, name)
+        t = time.perf_counter() - t0
+        d.delete_vm(name)
+        return t
+
+    variants = list(times)
+    # Round -1 warms up (page cache, first-use paths) and is not counted; the order rotates
+    # every round so no variant always runs first or right after a delete.
+    for i in range(-1, rounds):
+        k = i % len(variants)
+        for label, kind in variants[k:] + variants[:k]:
+            t = one(label, kind, i)
             if i >= 0:
-                api_t.append(t_api)
-                cli_t.append(t_cli)
-                qimg_t.append(t_q)
-        results[label] = (statistics.median(api_t), statistics.median(cli_t), statistics.median(qimg_t))
-        a, c, q = results[label]
+                times[(label, kind)].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for label, _ in sizes:
+        a, c, q = med[(label, "api")], med[(label, "cli")], med[(label, "qemu-img")]
         print(
             f"  template {label:>6}: vireo API+op {ms(a)}   vireo CLI {ms(c)}   "
             f"qemu-img create -b {ms(q)}   ratio API/qemu-img {a / q:.2f}  CLI/qemu-img {c / q:.2f}",
             flush=True,
         )
-    (a1, c1, _), (a100, c100, _) = results["1GiB"], results["100GiB"]
-    print(f"  size independence: 100 GiB / 1 GiB  API {a100 / a1:.2f}  CLI {c100 / c1:.2f}")
-    return results
+    for kind in ("api", "cli", "qemu-img"):
+        print(f"  size independence {kind:>8}: median 100 GiB / 1 GiB = "
+              f"{med[('100GiB', kind)] / med[('1GiB', kind)]:.2f}")
+    return med
 
 
 def bench_count(d, count, singles):
@@ -233,13 +242,16 @@ def main():
     rounds = int(os.environ.get("BENCH_ROUNDS", "10"))
     count = int(os.environ.get("BENCH_COUNT", "20"))
     singles = int(os.environ.get("BENCH_SINGLES", "3"))
+    parts = os.environ.get("BENCH_PARTS", "ab")
     d = Daemon(bin_dir)
     work = tempfile.mkdtemp(prefix="vpq", dir="/var/tmp")
     try:
         d.act("POST", "/v1/images/build", {"builder": "tiny"})
         print(f"vireod {bin_dir}, TCG, {os.cpu_count()} CPUs", flush=True)
-        bench_linked(d, rounds, work)
-        bench_count(d, count, singles)
+        if "a" in parts:
+            bench_linked(d, rounds, work)
+        if "b" in parts:
+            bench_count(d, count, singles)
     finally:
         d.close()
         shutil.rmtree(work, ignore_errors=True)
