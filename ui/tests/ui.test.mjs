@@ -71,11 +71,25 @@ async function waitText(selector, re, timeout = 30_000) {
   );
 }
 
+/** The steps build on each other: once one fails, the rest are skipped (not timed out). */
+let broken = null;
+function step(name, fn) {
+  test(name, async (t) => {
+    if (broken) return t.skip(`after the failure of: ${broken}`);
+    try {
+      await fn();
+    } catch (e) {
+      broken = name;
+      throw e;
+    }
+  });
+}
+
 async function shot(name) {
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
 }
 
-test("a wrong token is rejected with a visible message", async () => {
+step("a wrong token is rejected with a visible message", async () => {
   await page.goto(`${URL_BASE}/ui/`);
   await page.getByLabel("API token").fill("vireo_wrongwrongwrong");
   await page.getByRole("button", { name: "Sign in" }).click();
@@ -85,7 +99,7 @@ test("a wrong token is rejected with a visible message", async () => {
   await shot("01-signin-rejected");
 });
 
-test("sign in shows the dashboard with host and live events", async () => {
+step("sign in shows the dashboard with host and live events", async () => {
   await page.getByLabel("API token").fill(TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("heading", { name: "Dashboard" }).waitFor();
@@ -95,10 +109,10 @@ test("sign in shows the dashboard with host and live events", async () => {
   await shot("02-dashboard");
 });
 
-test("the wizard shows a validation error next to its field", async () => {
+step("the wizard shows a validation error next to its field", async () => {
   await page.getByRole("link", { name: "Virtual machines" }).click();
   await page.getByRole("link", { name: "Create VM" }).click();
-  await page.getByLabel("Name").fill(VM);
+  await page.getByLabel("Name", { exact: true }).fill(VM);
   await page.getByLabel("Memory (MiB)").fill("0");
   await page.getByRole("button", { name: "Create VM" }).click();
   const err = page.locator("#err-memory_mib");
@@ -108,7 +122,7 @@ test("the wizard shows a validation error next to its field", async () => {
   await shot("03-wizard-validation");
 });
 
-test("create a VM from the tiny image and watch it reach running", async () => {
+step("create a VM from the tiny image and watch it reach running", async () => {
   await page.getByLabel("Memory (MiB)").fill("256");
   await page.locator("#vm-image").selectOption("tiny");
   await page.getByRole("button", { name: "Create VM" }).click();
@@ -117,7 +131,7 @@ test("create a VM from the tiny image and watch it reach running", async () => {
   await shot("04-vm-overview");
 });
 
-test("the console shows the guest's readiness line", async () => {
+step("the console shows the guest's readiness line", async () => {
   await page.getByRole("tab", { name: "Console" }).click();
   await waitText("[data-testid=console-status]", /: connected$/);
   await page.waitForFunction(
@@ -126,10 +140,17 @@ test("the console shows the guest's readiness line", async () => {
     { timeout: 120_000 },
   );
   await shot("05-vm-console");
+  // Keyboard: F6 leaves the terminal (Tab belongs to the guest).
+  await page.locator("[data-testid=terminal] textarea").focus();
+  await page.keyboard.press("F6");
+  assert.equal(await page.evaluate(() => document.activeElement?.textContent?.trim()), "Reconnect");
 });
 
-test("take a snapshot", async () => {
-  await page.getByRole("tab", { name: "Snapshots" }).click();
+step("take a snapshot", async () => {
+  // Keyboard navigation of the tabs: arrow keys move between them.
+  await page.getByRole("tab", { name: "Console" }).focus();
+  await page.keyboard.press("ArrowRight");
+  assert.equal(await page.getByRole("tab", { name: "Snapshots" }).getAttribute("aria-selected"), "true");
   await page.getByLabel("Snapshot name").fill("before-stop");
   await page.getByRole("button", { name: "Take snapshot" }).click();
   await page.locator('[data-snapshot="before-stop"]').waitFor({ timeout: 120_000 });
@@ -137,7 +158,7 @@ test("take a snapshot", async () => {
   await shot("06-vm-snapshots");
 });
 
-test("hardware and metrics tabs", async () => {
+step("hardware and metrics tabs", async () => {
   await page.getByRole("tab", { name: "Hardware" }).click();
   await page.getByRole("heading", { name: "Disks" }).waitFor();
   await shot("07-vm-hardware");
@@ -146,7 +167,7 @@ test("hardware and metrics tabs", async () => {
   await shot("08-vm-metrics");
 });
 
-test("stop and delete the VM", async () => {
+step("stop and delete the VM", async () => {
   await page.getByRole("button", { name: "Stop", exact: true }).click();
   await page.getByRole("tab", { name: "Overview" }).click();
   await waitText("[data-testid=vm-state]", /^stopped$/, 120_000);
@@ -161,7 +182,7 @@ test("stop and delete the VM", async () => {
   await shot("10-vm-list");
 });
 
-test("operations, images and storage pages", async () => {
+step("operations, images and storage pages", async () => {
   await page.getByRole("link", { name: "Operations" }).click();
   await page.getByText("vm.delete").first().waitFor();
   await shot("11-operations");

@@ -5,6 +5,7 @@ import { openSocket } from "../api/client";
 
 export function Console({ name, running }: { name: string; running: boolean }) {
   const host = useRef<HTMLDivElement>(null);
+  const reconnect = useRef<HTMLButtonElement>(null);
   const [status, setStatus] = useState("connecting…");
   const [session, setSession] = useState(0);
 
@@ -28,6 +29,15 @@ export function Console({ name, running }: { name: string; running: boolean }) {
 
   function attach(term: import("@xterm/xterm").Terminal, el: HTMLElement): () => void {
     term.open(el);
+    // Tab belongs to the guest's shell; F6 moves keyboard focus out of the terminal.
+    term.attachCustomKeyEventHandler((e) => {
+      if (e.type === "keydown" && e.key === "F6") {
+        term.blur();
+        reconnect.current?.focus();
+        return false;
+      }
+      return true;
+    });
     const ws = openSocket(`/v1/vms/${encodeURIComponent(name)}/console?history=65536`);
     const enc = new TextEncoder();
     ws.onopen = () => {
@@ -57,10 +67,10 @@ export function Console({ name, running }: { name: string; running: boolean }) {
         <span role="status" data-testid="console-status">
           Console: {status}
         </span>
-        <button type="button" onClick={() => setSession((s) => s + 1)}>
+        <button type="button" ref={reconnect} onClick={() => setSession((s) => s + 1)}>
           Reconnect
         </button>
-        <span class="muted small">Keys typed while the terminal has focus go to the guest (including Tab); press Escape then Tab to move on.</span>
+        <span class="muted small">Keys typed while the terminal has focus go to the guest (Tab too); F6 moves focus out of it.</span>
       </div>
       <div ref={host} class="term" aria-label={`Serial console of ${name}`} data-testid="terminal" />
     </div>
