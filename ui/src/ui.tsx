@@ -35,7 +35,9 @@ export function OpProgress({ op }: { op: Operation }) {
       ) : (
         <progress aria-label={`${op.kind} progress`} max={100} value={shown} />
       )}
-      <span class="muted">{op.progress.stage ?? (shown === null ? "" : `${Math.round(shown)}%`)}</span>
+      <span class="muted">
+        {op.status === "running" ? (op.progress.stage ?? (shown === null ? "" : `${Math.round(shown)}%`)) : op.status === "succeeded" ? "done" : op.status}
+      </span>
     </div>
   );
 }

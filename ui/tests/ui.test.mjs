@@ -164,6 +164,12 @@ step("hardware and metrics tabs", async () => {
   await shot("07-vm-hardware");
   await page.getByRole("tab", { name: "Metrics" }).click();
   await page.getByText(/^CPU \d/).waitFor({ timeout: 60_000 });
+  // At least two samples drawn for both series.
+  await page.waitForFunction(
+    () => ["cpu", "mem"].every((c) => (document.querySelector(`.chart .${c}`)?.getAttribute("points") ?? "").split(" ").length >= 2),
+    null,
+    { timeout: 30_000 },
+  );
   await shot("08-vm-metrics");
 });
 
