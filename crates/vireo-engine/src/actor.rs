@@ -287,6 +287,9 @@ impl Actor {
                     Ok(None) => Ok(()),
                     Err(e) => Err(e),
                 };
+                // Run-state events QEMU sent during the work (snapshot jobs stop and resume
+                // the CPUs) are stale now: settle the state from QEMU before replying.
+                self.settle_after_exclusive().await;
                 let _ = reply.send(res);
             }
         }
@@ -555,6 +558,41 @@ impl Actor {
         res.map_err(|e| EngineError::internal(format!("{action} of VM {}", record.name), e))?;
         self.set_state(next, record.pid).await;
         Ok(())
+    }
+
+    /// Drops the CPU stop/resume events queued while exclusive work ran, handles any other
+    /// event, and sets `running`/`paused` from QEMU's own answer.
+    async fn settle_after_exclusive(&mut self) {
+        let mut other = Vec::new();
+        if let Some(rx) = self.machine_events.as_mut() {
+            loop {
+                match rx.try_recv() {
+                    Ok(MachineEvent::CpusStopped | MachineEvent::CpusResumed) => {}
+                    Ok(ev) => other.push(ev),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        for ev in other {
+            self.on_machine_event(Some(ev)).await;
+        }
+        let record = self.record();
+        if !matches!(record.state, VmState::Running | VmState::Paused) {
+            return;
+        }
+        if let Some(m) = self.machine() {
+            if let Ok(running) = m.cpus_running().await {
+                let want = if running {
+                    VmState::Running
+                } else {
+                    VmState::Paused
+                };
+                if want != record.state {
+                    self.set_state(want, record.pid).await;
+                }
+            }
+        }
     }
 
     async fn on_machine_event(&mut self, ev: Option<MachineEvent>) {

@@ -104,6 +104,19 @@ impl PoolDriver for DirPool {
             }
             Err(e) => return Err(io(format!("inspecting {}", self.root.display()))(e)),
         }
+        // Half-written copies of a daemon that died mid-operation (the image engine writes
+        // `.<file>.vireo-<pid>-<n>.tmp` and renames when done): nothing can finish them now.
+        if let Ok(rd) = std::fs::read_dir(&self.root) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.contains(".qcow2.vireo-") && name.ends_with(".tmp")
+                {
+                    tracing::info!(file = %name, "removing an interrupted copy");
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         // Volume data is private to the daemon (and the QEMU processes it runs as root).
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
@@ -327,6 +340,19 @@ mod tests {
             .unwrap_err();
         assert!(err.is_invalid_input(), "{err}");
         assert!(!p.volume_path(id).exists());
+    }
+
+    #[test]
+    fn init_sweeps_interrupted_copies() {
+        let (t, p) = pool();
+        let stale = p.root.join(".0192.qcow2.vireo-77-1.tmp");
+        let keep = p.root.join("0192.qcow2");
+        std::fs::write(&stale, b"x").unwrap();
+        std::fs::write(&keep, b"x").unwrap();
+        p.init().unwrap();
+        assert!(!stale.exists());
+        assert!(keep.exists());
+        drop(t);
     }
 
     #[test]
