@@ -149,8 +149,11 @@ impl Vm {
         })
     }
 
+    /// The console so far; lossy because firmware and GRUB menus print bytes that are not
+    /// UTF-8.
     fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
+        String::from_utf8_lossy(&std::fs::read(self.dir.join("console.log")).unwrap_or_default())
+            .into_owned()
     }
 
     fn context(&mut self) -> String {
