@@ -214,7 +214,7 @@ impl Engine {
                             parent: rec.current_snapshot.clone(),
                             memory: req.memory,
                             vmstate_disk: req.memory.then(|| disks[0].clone()),
-                            vm_state: rec.state,
+                            vm_state,
                             fs_frozen,
                             disks,
                             description,
