@@ -71,8 +71,15 @@ pub enum ImageCmd {
     Local(image_local::ImageLocalCmd),
 }
 
-/// Whether `path` starts like a tar archive (an OVA package): "ustar" at offset 257.
+/// Whether `path` is meant as an OVA package: named `*.ova`, or starting like a tar archive
+/// ("ustar" at offset 257). The daemon checks the content either way.
 fn looks_like_ova(path: &std::path::Path) -> anyhow::Result<bool> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("ova"))
+    {
+        return Ok(true);
+    }
     use std::io::Read;
     let mut head = [0u8; 262];
     let mut f =

@@ -53,22 +53,14 @@ fn ova_import_creates_a_vm_and_refuses_tampered_packages() {
     assert_eq!(vm["spec"]["boot"]["kind"], "disk");
     assert_eq!(vm["disks"][0]["virtual_size_bytes"], 8 << 20);
     assert_eq!(vm["nics"].as_array().unwrap().len(), 1);
-    // The converted disk holds exactly the exported data (qemu-img is the oracle).
-    let disk = d
-        .state_dir()
-        .join("vms")
-        .join(vm["uuid"].as_str().unwrap())
-        .join("disk0-disk1.qcow2");
-    let disk = if disk.exists() {
-        disk
-    } else {
-        std::fs::read_dir(d.state_dir().join("vms").join(vm["uuid"].as_str().unwrap()))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|e| e == "qcow2"))
-            .unwrap()
-    };
+    // The converted disk (moved into the default pool) holds exactly the exported data
+    // (qemu-img is the oracle).
+    let disk = std::path::PathBuf::from(vm["spec"]["disks"][0]["path"].as_str().unwrap());
+    assert!(
+        disk.starts_with(d.state_dir().join("pools/default")),
+        "{}",
+        disk.display()
+    );
     let cmp = Command::new("qemu-img")
         .args(["compare", "-q"])
         .arg(&raw)
