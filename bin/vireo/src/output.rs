@@ -155,7 +155,10 @@ impl Tabular for VmInfo {
         if let Some(c) = &self.cloud_init {
             rows.push((
                 "cloud-init",
-                format!("hostname {}", c.hostname.as_deref().unwrap_or(self.name.as_str())),
+                format!(
+                    "hostname {}",
+                    c.hostname.as_deref().unwrap_or(self.name.as_str())
+                ),
             ));
         }
         for disk in &self.disks {
