@@ -170,19 +170,19 @@ impl Engine {
                             rec.spec.disks.iter().map(|d| d.name.clone()).collect();
                         let tag = req.name.as_str();
                         let mut fs_frozen = false;
-                    let mut vm_state = rec.state;
+                        let mut vm_state = rec.state;
                         match (&machine, rec.state.has_process()) {
                             (Some(m), true) if req.memory => {
                                 // What a restore must return to: QEMU's own answer, not a
-                            // record that may lag behind its events.
-                            if let Ok(running) = m.cpus_running().await {
-                                vm_state = if running {
-                                    VmState::Running
-                                } else {
-                                    VmState::Paused
-                                };
-                            }
-                            m.save_snapshot(tag, &disks[0], &disks).await.map_err(|e| {
+                                // record that may lag behind its events.
+                                if let Ok(running) = m.cpus_running().await {
+                                    vm_state = if running {
+                                        VmState::Running
+                                    } else {
+                                        VmState::Paused
+                                    };
+                                }
+                                m.save_snapshot(tag, &disks[0], &disks).await.map_err(|e| {
                                     EngineError::Conflict(format!(
                                         "saving the snapshot failed: {e}"
                                     ))
