@@ -564,14 +564,7 @@ impl Engine {
         let mut probe = src.spec.clone();
         probe.vcpus = spec_vcpus;
         probe.memory_mib = spec_mem;
-        probe.validate().map_err(|e| {
-            let field = match e {
-                vireo_types::vm::SpecError::Vcpus { .. } => "vcpus",
-                vireo_types::vm::SpecError::Memory { .. } => "memory_mib",
-                _ => "spec",
-            };
-            EngineError::invalid(field, e.to_string())
-        })?;
+        probe.validate().map_err(super::spec_error)?;
         let mut reservations = Vec::new();
         for n in &names {
             reservations.push(self.reserve_name(&p, n.as_str())?);

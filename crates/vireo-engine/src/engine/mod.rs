@@ -347,6 +347,18 @@ fn unreachable_op(id: Uuid) -> Operation {
     }
 }
 
+/// A spec rule broken by a request, as a 400 naming the request field it came from.
+fn spec_error(e: vireo_types::vm::SpecError) -> EngineError {
+    use vireo_types::vm::SpecError;
+    let field = match e {
+        SpecError::Vcpus { .. } => "vcpus",
+        SpecError::Memory { .. } => "memory_mib",
+        SpecError::Cmdline => "kernel_args",
+        _ => "spec",
+    };
+    EngineError::invalid(field, e.to_string())
+}
+
 /// Virtual size of a disk file (0 when unreadable).
 fn disk_virtual_size(path: &Path) -> u64 {
     vireo_image::detect::open(

@@ -301,15 +301,7 @@ impl Engine {
             cdroms: vec![],
             fw_cfg: vec![],
         };
-        spec.validate().map_err(|e| {
-            let field = match e {
-                vireo_types::vm::SpecError::Vcpus { .. } => "vcpus",
-                vireo_types::vm::SpecError::Memory { .. } => "memory_mib",
-                vireo_types::vm::SpecError::Cmdline => "kernel_args",
-                _ => "spec",
-            };
-            EngineError::invalid(field, e.to_string())
-        })?;
+        spec.validate().map_err(super::spec_error)?;
         let host_mem = host_memory_mib().0;
         if host_mem > 0 && spec.memory_mib > host_mem {
             return Err(EngineError::invalid(
@@ -622,14 +614,7 @@ impl Engine {
         if let Some(m) = req.memory_mib {
             probe.memory_mib = m;
         }
-        probe.validate().map_err(|e| {
-            let field = match e {
-                vireo_types::vm::SpecError::Vcpus { .. } => "vcpus",
-                vireo_types::vm::SpecError::Memory { .. } => "memory_mib",
-                _ => "spec",
-            };
-            EngineError::invalid(field, e.to_string())
-        })?;
+        probe.validate().map_err(super::spec_error)?;
         if let Some(cfg) = &req.cloud_init {
             let mut r = h.view().record;
             r.cloud_init = Some(cfg.clone());
