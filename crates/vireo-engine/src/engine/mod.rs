@@ -12,6 +12,7 @@ mod nics;
 mod projects;
 mod snapshots;
 mod storage;
+mod vm_volumes;
 mod vms;
 
 use std::collections::HashMap;
