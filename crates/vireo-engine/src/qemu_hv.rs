@@ -413,6 +413,14 @@ impl QemuMachine {
     }
 }
 
+/// Maps a typed QMP helper error to [`HvError::Monitor`] with its whole cause chain.
+fn monitor_chain<E: std::error::Error + 'static>(command: &'static str) -> impl Fn(E) -> HvError {
+    move |e| HvError::Monitor {
+        command,
+        detail: chain(&e),
+    }
+}
+
 /// Upper bound of a snapshot-save/-load job (RAM size over disk speed, TCG included).
 const SNAPSHOT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -576,10 +584,7 @@ impl Machine for QemuMachine {
         self.qmp
             .block_resize(&node, size)
             .await
-            .map_err(|e| HvError::Monitor {
-                command: "block_resize",
-                detail: chain(&e),
-            })
+            .map_err(monitor_chain("block_resize"))
     }
     async fn hotplug_disk(&self, disk: &DiskSpec, port: HotplugPort) -> Result<(), HvError> {
         self.alive()?;
@@ -602,10 +607,7 @@ impl Machine for QemuMachine {
         self.qmp
             .hot_add_disk(&hp)
             .await
-            .map_err(|e| HvError::Monitor {
-                command: "device_add",
-                detail: chain(&e),
-            })
+            .map_err(monitor_chain("device_add"))
     }
     async fn unplug_disk(&self, disk: &Name, timeout: Duration) -> Result<(), HvError> {
         self.alive()?;
@@ -617,10 +619,7 @@ impl Machine for QemuMachine {
         self.qmp
             .hot_remove_disk(&ids.device, &nodes, timeout)
             .await
-            .map_err(|e| HvError::Monitor {
-                command: "device_del",
-                detail: chain(&e),
-            })
+            .map_err(monitor_chain("device_del"))
     }
     async fn snapshot_disks(&self, tag: &str, disks: &[Name]) -> Result<(), HvError> {
         self.alive()?;
@@ -649,10 +648,7 @@ impl Machine for QemuMachine {
             self.qmp
                 .snapshot_internal_delete(&disk_ids(d).format_node, tag)
                 .await
-                .map_err(|e| HvError::Monitor {
-                    command: "blockdev-snapshot-delete-internal-sync",
-                    detail: chain(&e),
-                })?;
+                .map_err(monitor_chain("blockdev-snapshot-delete-internal-sync"))?;
         }
         Ok(())
     }
@@ -668,10 +664,7 @@ impl Machine for QemuMachine {
             .snapshot_save(&snap, SNAPSHOT_JOB_TIMEOUT)
             .await
             .map(|_| ())
-            .map_err(|e| HvError::Monitor {
-                command: "snapshot-save",
-                detail: chain(&e),
-            })
+            .map_err(monitor_chain("snapshot-save"))
     }
     async fn load_snapshot(
         &self,
@@ -685,10 +678,7 @@ impl Machine for QemuMachine {
             .snapshot_restore(&snap, false, SNAPSHOT_JOB_TIMEOUT)
             .await
             .map(|_| ())
-            .map_err(|e| HvError::Monitor {
-                command: "snapshot-load",
-                detail: chain(&e),
-            })
+            .map_err(monitor_chain("snapshot-load"))
     }
     async fn agent_fsfreeze(&self, timeout: Duration) -> Result<u32, HvError> {
         self.alive()?;
@@ -708,10 +698,7 @@ impl Machine for QemuMachine {
         self.qmp
             .hot_add_nic(&hp)
             .await
-            .map_err(|e| HvError::Monitor {
-                command: "device_add",
-                detail: chain(&e),
-            })
+            .map_err(monitor_chain("device_add"))
     }
     async fn unplug_nic(&self, nic: &Name, timeout: Duration) -> Result<(), HvError> {
         self.alive()?;
@@ -719,10 +706,7 @@ impl Machine for QemuMachine {
         self.qmp
             .hot_remove_nic(&ids.device, &ids.netdev, timeout)
             .await
-            .map_err(|e| HvError::Monitor {
-                command: "device_del",
-                detail: chain(&e),
-            })
+            .map_err(monitor_chain("device_del"))
     }
     async fn set_nic_link(&self, nic: &Name, up: bool) -> Result<(), HvError> {
         self.alive()?;
@@ -730,9 +714,6 @@ impl Machine for QemuMachine {
         self.qmp
             .set_link(&ids.device, up)
             .await
-            .map_err(|e| HvError::Monitor {
-                command: "set_link",
-                detail: chain(&e),
-            })
+            .map_err(monitor_chain("set_link"))
     }
 }
