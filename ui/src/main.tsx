@@ -7,6 +7,7 @@ import { startEvents, stopEvents, useEvents } from "./events";
 import { CreateVm } from "./pages/CreateVm";
 import { Dashboard } from "./pages/Dashboard";
 import { Images } from "./pages/Images";
+import { NetworkPage, Networks } from "./pages/Networks";
 import { Operations } from "./pages/Operations";
 import { Pools } from "./pages/Pools";
 import { SignIn } from "./pages/SignIn";
@@ -21,6 +22,7 @@ const NAV: [string, string][] = [
   ["/operations", "Operations"],
   ["/images", "Images"],
   ["/storage", "Storage"],
+  ["/networks", "Networks"],
 ];
 
 function Page({ route }: { route: string }) {
@@ -32,6 +34,9 @@ function Page({ route }: { route: string }) {
   if (route === "/operations") return <Operations />;
   if (route === "/images") return <Images />;
   if (route === "/storage") return <Pools />;
+  if (route === "/networks") return <Networks />;
+  const net = /^\/networks\/([^/]+)$/.exec(route);
+  if (net) return <NetworkPage key={net[1]} name={decodeURIComponent(net[1])} />;
   return (
     <section>
       <h1>Not found</h1>

@@ -35,5 +35,5 @@ export function onLinkClick(e: MouseEvent): void {
   const url = new URL(a.href, location.href);
   if (url.origin !== location.origin || !url.pathname.startsWith(BASE + "/")) return;
   e.preventDefault();
-  navigate(url.pathname.slice(BASE.length));
+  navigate(url.pathname.slice(BASE.length) + url.search);
 }

@@ -11,7 +11,8 @@ type Form = {
   vcpus: string;
   memory_mib: string;
   disk_mib: string;
-  networks: string;
+  /** null: not touched yet, so the default network (or "user") is picked. */
+  networks: string[] | null;
   kernel_args: string;
   hostname: string;
   ssh_keys: string;
@@ -29,16 +30,20 @@ function num(s: string): number | null {
 export function CreateVm() {
   const images = useData(() => call(api.GET("/v1/images")), []);
   const vms = useData(() => call(api.GET("/v1/vms")), []);
+  // Managed networks; a daemon without them answers 503 and only "user" is offered.
+  const nets = useData(() => call(api.GET("/v1/networks")).catch(() => []), []);
   const templates = (vms.data ?? []).filter((v) => v.template);
+  // `?template=NAME` (the template page's "New VM from template") preselects it.
+  const fromTemplate = new URLSearchParams(location.search).get("template") ?? "";
   const [f, setF] = useState<Form>({
     name: "",
-    source: "image",
+    source: fromTemplate ? "template" : "image",
     image: "",
-    template: "",
+    template: fromTemplate,
     vcpus: "1",
     memory_mib: "256",
     disk_mib: "",
-    networks: "user",
+    networks: null,
     kernel_args: "",
     hostname: "",
     ssh_keys: "",
@@ -52,6 +57,10 @@ export function CreateVm() {
   const set = <K extends keyof Form>(k: K, v: Form[K]) => setF((old) => ({ ...old, [k]: v }));
   const image = f.image || images.data?.[0]?.name || "";
   const template = f.template || templates[0]?.name || "";
+  const netChoices = ["user", ...(nets.data ?? []).map((n) => n.name)];
+  const defaultNet = (nets.data ?? []).find((n) => n.default)?.name ?? "user";
+  const networks = f.networks ?? [defaultNet];
+  const toggleNet = (n: string, on: boolean) => set("networks", on ? [...networks.filter((x) => x !== n), n] : networks.filter((x) => x !== n));
 
   async function submit(e: Event) {
     e.preventDefault();
@@ -69,10 +78,7 @@ export function CreateVm() {
       vcpus: num(f.vcpus),
       memory_mib: num(f.memory_mib),
       disk_mib: num(f.disk_mib),
-      networks: f.networks
-        .split(",")
-        .map((s) => s.trim())
-        .filter(Boolean),
+      networks,
       kernel_args: f.kernel_args.trim() || null,
       start: f.start,
       cloud_init: cloudInit,
@@ -163,8 +169,18 @@ export function CreateVm() {
         </fieldset>
         <fieldset>
           <legend>Network and boot</legend>
-          <label for="vm-networks">Networks (comma-separated; one NIC each; empty for none)</label>
-          <input id="vm-networks" name="networks" value={f.networks} onInput={(e) => set("networks", (e.target as HTMLInputElement).value)} {...invalid("networks")} />
+          <div role="group" aria-labelledby="vm-networks-label" class="radios wrap" {...invalid("networks")}>
+            <span id="vm-networks-label">Networks (one NIC each, in this order; none for no NIC)</span>
+            {netChoices.map((n) => {
+              const info = nets.data?.find((x) => x.name === n);
+              return (
+                <label class="check" key={n}>
+                  <input type="checkbox" name="networks" value={n} checked={networks.includes(n)} onChange={(e) => toggleNet(n, (e.target as HTMLInputElement).checked)} />{" "}
+                  {n === "user" ? "user (QEMU user-mode NAT)" : `${n} (${info?.type}${info?.subnet ? ` ${info.subnet}` : ""})`}
+                </label>
+              );
+            })}
+          </div>
           {fieldErr("networks")}
           <label for="vm-kargs">Extra kernel arguments (kernel images)</label>
           <input id="vm-kargs" name="kernel_args" value={f.kernel_args} onInput={(e) => set("kernel_args", (e.target as HTMLInputElement).value)} {...invalid("kernel_args")} />

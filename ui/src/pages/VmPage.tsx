@@ -1,18 +1,22 @@
 import { useState } from "preact/hooks";
-import { api, call, formatBytes, formatMib, waitOperation, type Operation } from "../api/client";
+import { api, call, formatMib, waitOperation, type Operation } from "../api/client";
 import { useEventRefresh } from "../events";
-import { navigate } from "../router";
+import { href, navigate } from "../router";
 import { Confirm, ErrorText, StateBadge, useData } from "../ui";
+import { CloneVm } from "./Clone";
 import { Console } from "./Console";
 import { GuestChart } from "./GuestChart";
 import { Snapshots } from "./Snapshots";
+import { VmHardware } from "./VmHardware";
 
 type Action = "start" | "stop" | "restart" | "pause" | "resume" | "kill";
 const TABS = ["Overview", "Console", "Snapshots", "Hardware", "Metrics"] as const;
 type Tab = (typeof TABS)[number];
 
 /** Which actions make sense in a state (the API still decides; this only hides noise). */
-function allowed(state: string): Action[] {
+function allowed(state: string, template: boolean): Action[] {
+  // A template never runs.
+  if (template) return [];
   switch (state) {
     case "running":
       return ["stop", "restart", "pause", "kill"];
@@ -32,7 +36,8 @@ export function VmPage({ name }: { name: string }) {
   const [tab, setTab] = useState<Tab>("Overview");
   const [busy, setBusy] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
-  const [confirm, setConfirm] = useState<null | "delete" | "kill">(null);
+  const [confirm, setConfirm] = useState<null | "delete" | "kill" | "template">(null);
+  const [cloning, setCloning] = useState(false);
 
   async function run(label: string, start: () => Promise<Operation>, after?: () => void) {
     setBusy(label);
@@ -40,6 +45,19 @@ export function VmPage({ name }: { name: string }) {
     try {
       await waitOperation(await start());
       after?.();
+    } catch (e) {
+      setError(e);
+    } finally {
+      setBusy(null);
+      vm.reload();
+    }
+  }
+
+  async function toTemplate() {
+    setBusy("template");
+    setError(null);
+    try {
+      await call(api.POST("/v1/vms/{name}/template", { params: { path: { name } } }));
     } catch (e) {
       setError(e);
     } finally {
@@ -95,14 +113,29 @@ export function VmPage({ name }: { name: string }) {
     <section aria-labelledby="vm-title">
       <div class="head">
         <h1 id="vm-title">
-          {v.name} <StateBadge state={v.state} /> {v.guest_ready && <span class="badge ok">agent ready</span>}
+          {v.name} <StateBadge state={v.state} /> {v.template && <span class="badge">template</span>} {v.guest_ready && <span class="badge ok">agent ready</span>}
         </h1>
         <div class="actions" role="group" aria-label="VM actions">
-          {allowed(v.state).map((a) => (
+          {allowed(v.state, v.template === true).map((a) => (
             <button key={a} type="button" disabled={busy !== null} onClick={() => act(a)} class={a === "kill" ? "danger" : ""}>
               {busy === a ? `${a}…` : a[0].toUpperCase() + a.slice(1)}
             </button>
           ))}
+          {(v.template || v.state === "stopped") && (
+            <button type="button" disabled={busy !== null} onClick={() => setCloning(true)}>
+              Clone
+            </button>
+          )}
+          {!v.template && v.state === "stopped" && (
+            <button type="button" disabled={busy !== null} onClick={() => setConfirm("template")}>
+              Convert to template
+            </button>
+          )}
+          {v.template && (
+            <a class="button" href={href(`/vms/new?template=${encodeURIComponent(v.name)}`)}>
+              New VM from template
+            </a>
+          )}
           <button type="button" class="danger" disabled={busy !== null} onClick={() => setConfirm("delete")}>
             Delete
           </button>
@@ -164,70 +197,30 @@ export function VmPage({ name }: { name: string }) {
         )}
         {tab === "Console" && <Console name={v.name} running={v.state === "running" || v.state === "paused"} />}
         {tab === "Snapshots" && <Snapshots vm={v} onChange={vm.reload} />}
-        {tab === "Hardware" && (
-          <>
-            <h2>Disks</h2>
-            <table>
-              <thead>
-                <tr>
-                  <th scope="col">Name</th>
-                  <th scope="col">Format</th>
-                  <th scope="col">Size</th>
-                  <th scope="col">Boot</th>
-                  <th scope="col">Read-only</th>
-                </tr>
-              </thead>
-              <tbody>
-                {v.disks.map((d) => (
-                  <tr key={d.name}>
-                    <td>{d.name}</td>
-                    <td>{d.format}</td>
-                    <td>{formatBytes(d.virtual_size_bytes)}</td>
-                    <td>{d.boot_index ?? "—"}</td>
-                    <td>{d.read_only ? "yes" : "no"}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-            <h2>NICs</h2>
-            <table>
-              <thead>
-                <tr>
-                  <th scope="col">Name</th>
-                  <th scope="col">Network</th>
-                  <th scope="col">MAC</th>
-                  <th scope="col">Addresses</th>
-                </tr>
-              </thead>
-              <tbody>
-                {v.nics.map((n) => (
-                  <tr key={n.name}>
-                    <td>{n.name}</td>
-                    <td>{n.network}</td>
-                    <td class="mono">{n.mac}</td>
-                    <td class="mono">{(n.addresses ?? []).join(", ") || "—"}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-            {v.nics.length === 0 && <p class="muted">No NICs.</p>}
-          </>
-        )}
+        {tab === "Hardware" && <VmHardware vm={v} onChange={vm.reload} />}
         {tab === "Metrics" && <GuestChart name={v.name} active={v.guest_ready && v.state === "running"} />}
       </div>
+      {cloning && <CloneVm vm={v} onClose={() => (setCloning(false), vm.reload())} />}
       <Confirm
         open={confirm !== null}
-        title={confirm === "kill" ? `Kill ${v.name}?` : `Delete ${v.name}?`}
-        confirmLabel={confirm === "kill" ? "Kill" : "Delete"}
+        title={confirm === "kill" ? `Kill ${v.name}?` : confirm === "template" ? `Convert ${v.name} to a template?` : `Delete ${v.name}?`}
+        confirmLabel={confirm === "kill" ? "Kill" : confirm === "template" ? "Convert" : "Delete"}
         onCancel={() => setConfirm(null)}
         onConfirm={() => {
           if (confirm === "kill") return act("kill");
+          if (confirm === "template") {
+            setConfirm(null);
+            void toTemplate();
+            return;
+          }
           setConfirm(null);
           void run("delete", () => call(api.DELETE("/v1/vms/{name}", { params: { path: { name } } })), () => navigate("/vms"));
         }}
       >
         {confirm === "kill" ? (
           <p>QEMU is terminated at once; unsaved guest data is lost.</p>
+        ) : confirm === "template" ? (
+          <p>The VM becomes immutable: it never starts again, its disks become read-only bases, and new VMs are made from it as linked clones. This cannot be undone.</p>
         ) : (
           <p>The VM and its disks are deleted. This cannot be undone.</p>
         )}
