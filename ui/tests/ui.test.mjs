@@ -14,6 +14,9 @@ const TOKEN = need("VIREO_UI_TOKEN");
 const SHOTS = process.env.VIREO_UI_SCREENSHOTS ?? "target/ui-screenshots";
 const READY = process.env.VIREO_UI_READY_MARKER ?? "VIREO-GUEST-READY";
 const VM = `ui${process.pid % 100000}`;
+const CLONE = `${VM}-clone`;
+const NET = `uinet${process.pid % 100000}`;
+const VOL = `uivol${process.pid % 100000}`;
 
 function need(name) {
   const v = process.env[name];
@@ -85,6 +88,20 @@ function step(name, fn) {
   });
 }
 
+/** A link in the main navigation (page text may link to the same places). */
+function nav(name) {
+  return page.getByRole("navigation", { name: "Main" }).getByRole("link", { name, exact: true });
+}
+
+/** Confirms the open modal dialog with its `label` button. */
+async function confirmDialog(label, shotName) {
+  const dialog = page.getByRole("dialog");
+  await dialog.waitFor();
+  if (shotName) await shot(shotName);
+  await dialog.getByRole("button", { name: label, exact: true }).click();
+  await dialog.waitFor({ state: "hidden" });
+}
+
 async function shot(name) {
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
 }
@@ -109,6 +126,33 @@ step("sign in shows the dashboard with host and live events", async () => {
   await shot("02-dashboard");
 });
 
+step("networks: a bad CIDR is shown next to its field, then an isolated network is created", async () => {
+  await nav("Networks").click();
+  await page.getByRole("heading", { name: "Networks", exact: true }).waitFor();
+  await page.getByLabel("Name", { exact: true }).fill(NET);
+  // Isolated: no traffic can leave the test's namespace.
+  await page.getByLabel("Type").selectOption("isolated");
+  await page.getByLabel(/^Subnet/).fill("10.77.0.0/33");
+  await page.getByRole("button", { name: "Create network" }).click();
+  const err = page.locator("#err-net-subnet");
+  await err.waitFor();
+  assert.match(await err.innerText(), /33|prefix|subnet/i);
+  assert.equal(await page.getByLabel(/^Subnet/).getAttribute("aria-invalid"), "true");
+  await shot("03-network-bad-cidr");
+  await page.getByLabel(/^Subnet/).fill("10.77.0.0/24");
+  await page.getByRole("button", { name: "Create network" }).click();
+  const row = page.locator(`[data-network="${NET}"]`);
+  await row.waitFor();
+  assert.match(await row.innerText(), /isolated\s+10\.77\.0\.0\/24/);
+  await page.locator("#err-net-subnet").waitFor({ state: "detached" });
+  await shot("04-networks");
+  // The network's own page: details, leases, firewall, forwards.
+  await row.getByRole("link", { name: NET }).click();
+  await page.getByRole("heading", { name: "DHCP leases" }).waitFor();
+  await page.getByRole("heading", { name: "Firewall" }).waitFor();
+  await shot("05-network-page");
+});
+
 step("the wizard shows a validation error next to its field", async () => {
   await page.getByRole("link", { name: "Virtual machines" }).click();
   await page.getByRole("link", { name: "Create VM" }).click();
@@ -119,7 +163,7 @@ step("the wizard shows a validation error next to its field", async () => {
   await err.waitFor();
   assert.match(await err.innerText(), /memory/i);
   assert.equal(await page.getByLabel("Memory (MiB)").getAttribute("aria-invalid"), "true");
-  await shot("03-wizard-validation");
+  await shot("06-wizard-validation");
 });
 
 step("create a VM from the tiny image and watch it reach running", async () => {
@@ -128,7 +172,7 @@ step("create a VM from the tiny image and watch it reach running", async () => {
   await page.getByRole("button", { name: "Create VM" }).click();
   await page.waitForURL(`**/ui/vms/${VM}`, { timeout: 120_000 });
   await waitText("[data-testid=vm-state]", /^running$/, 120_000);
-  await shot("04-vm-overview");
+  await shot("07-vm-overview");
 });
 
 step("the console shows the guest's readiness line", async () => {
@@ -139,7 +183,7 @@ step("the console shows the guest's readiness line", async () => {
     READY,
     { timeout: 120_000 },
   );
-  await shot("05-vm-console");
+  await shot("08-vm-console");
   // Keyboard: F6 leaves the terminal (Tab belongs to the guest).
   await page.locator("[data-testid=terminal] textarea").focus();
   await page.keyboard.press("F6");
@@ -155,13 +199,13 @@ step("take a snapshot", async () => {
   await page.getByRole("button", { name: "Take snapshot" }).click();
   await page.locator('[data-snapshot="before-stop"]').waitFor({ timeout: 120_000 });
   await page.getByRole("button", { name: "Take snapshot" }).waitFor();
-  await shot("06-vm-snapshots");
+  await shot("09-vm-snapshots");
 });
 
 step("hardware and metrics tabs", async () => {
   await page.getByRole("tab", { name: "Hardware" }).click();
   await page.getByRole("heading", { name: "Disks" }).waitFor();
-  await shot("07-vm-hardware");
+  await shot("10-vm-hardware");
   await page.getByRole("tab", { name: "Metrics" }).click();
   await page.getByText(/^CPU \d/).waitFor({ timeout: 60_000 });
   // At least two samples drawn for both series.
@@ -170,33 +214,130 @@ step("hardware and metrics tabs", async () => {
     null,
     { timeout: 30_000 },
   );
-  await shot("08-vm-metrics");
+  await shot("11-vm-metrics");
 });
 
-step("stop and delete the VM", async () => {
+step("stop the VM", async () => {
   await page.getByRole("button", { name: "Stop", exact: true }).click();
   await page.getByRole("tab", { name: "Overview" }).click();
   await waitText("[data-testid=vm-state]", /^stopped$/, 120_000);
+});
+
+step("create a volume in the default pool", async () => {
+  await nav("Storage").click();
+  await page.getByRole("heading", { name: "Volumes in default" }).waitFor();
+  await page.getByLabel("Volume name").fill(VOL);
+  await page.getByLabel("Size", { exact: true }).fill("64");
+  await page.getByLabel("Size unit").selectOption("MiB");
+  await page.getByRole("button", { name: "Create volume" }).click();
+  const row = page.locator(`[data-volume="${VOL}"]`);
+  await row.waitFor();
+  assert.match(await row.innerText(), /custom[^]*64\.0 MiB/);
+});
+
+step("attach the volume and a NIC on the network to the stopped VM; the network is in use", async () => {
+  await page.goto(`${URL_BASE}/ui/vms/${VM}`);
+  await page.getByRole("tab", { name: "Hardware" }).click();
+  await page.getByRole("button", { name: "Attach volume" }).click();
+  let dialog = page.getByRole("dialog");
+  await dialog.getByLabel("Volume", { exact: true }).selectOption(`default/${VOL}`);
+  await dialog.getByRole("button", { name: "Attach", exact: true }).click();
+  await page.locator(`[data-disk="${VOL}"]`).waitFor({ timeout: 60_000 });
+  await page.getByRole("button", { name: "Add NIC" }).click();
+  dialog = page.getByRole("dialog");
+  await dialog.getByLabel("Network", { exact: true }).selectOption(NET);
+  await dialog.getByRole("button", { name: "Add NIC", exact: true }).click();
+  const nic = page.locator("[data-nic]", { hasText: NET });
+  await nic.waitFor();
+  assert.match(await nic.innerText(), /10\.77\.0\./);
+  await shot("12-vm-hardware-attached");
+  // The pool view names the VM the volume is attached to.
+  await nav("Storage").click();
+  await page.locator(`[data-volume="${VOL}"]`, { hasText: VM }).waitFor();
+  await shot("13-pool-volumes");
+  // Deleting the network while the NIC uses it: the API's 409 message is shown.
+  await nav("Networks").click();
+  await page.locator(`[data-network="${NET}"]`, { hasText: VM }).waitFor();
+  await page.getByRole("button", { name: `Delete network ${NET}` }).click();
+  await confirmDialog("Delete", "14-network-delete-confirm");
+  const alert = page.locator("p.error[role=alert]");
+  await alert.waitFor();
+  assert.match(await alert.innerText(), /in use/);
+  assert.equal(await page.locator(`[data-network="${NET}"]`).count(), 1);
+});
+
+step("remove the NIC, detach the volume, delete the network and the volume", async () => {
+  await page.goto(`${URL_BASE}/ui/vms/${VM}`);
+  await page.getByRole("tab", { name: "Hardware" }).click();
+  const nic = page.locator("[data-nic]", { hasText: NET });
+  await nic.getByRole("button", { name: /^Remove NIC/ }).click();
+  await confirmDialog("Remove");
+  await nic.waitFor({ state: "detached" });
+  await page.getByRole("button", { name: `Detach disk ${VOL}` }).click();
+  await confirmDialog("Detach");
+  await page.locator(`[data-disk="${VOL}"]`).waitFor({ state: "detached", timeout: 60_000 });
+
+  await nav("Networks").click();
+  await page.getByRole("button", { name: `Delete network ${NET}` }).click();
+  await confirmDialog("Delete");
+  await page.locator(`[data-network="${NET}"]`).waitFor({ state: "detached" });
+
+  await nav("Storage").click();
+  await page.getByRole("button", { name: `Delete volume ${VOL}` }).click();
+  await confirmDialog("Delete");
+  await page.locator(`[data-volume="${VOL}"]`).waitFor({ state: "detached" });
+});
+
+step("clone the stopped VM (linked) and see the clone in the list", async () => {
+  await page.goto(`${URL_BASE}/ui/vms/${VM}`);
+  await page.getByRole("button", { name: "Clone", exact: true }).click();
+  const dialog = page.getByRole("dialog");
+  await dialog.getByLabel("Name of the new VM").fill(CLONE);
+  await dialog.getByRole("radio", { name: /Linked/ }).check();
+  await shot("15-clone-dialog");
+  await dialog.getByRole("button", { name: "Clone", exact: true }).click();
+  await page.waitForURL(`**/ui/vms/${CLONE}`, { timeout: 120_000 });
+  await nav("Virtual machines").click();
+  await page.locator(`[data-vm="${CLONE}"]`).waitFor();
+  await page.locator(`[data-vm="${VM}"]`).waitFor();
+  await shot("16-vm-list-clone");
+});
+
+step("convert the clone to a template, then delete it", async () => {
+  await page.getByRole("link", { name: CLONE, exact: true }).click();
+  await page.getByRole("button", { name: "Convert to template" }).click();
+  await confirmDialog("Convert");
+  await page.getByRole("link", { name: "New VM from template" }).waitFor();
+  assert.equal(await page.getByRole("button", { name: "Start", exact: true }).count(), 0);
+  await page.getByRole("button", { name: "Delete", exact: true }).first().click();
+  await confirmDialog("Delete");
+  await page.waitForURL("**/ui/vms", { timeout: 120_000 });
+  await page.waitForFunction((vm) => !document.querySelector(`[data-vm="${vm}"]`), CLONE);
+});
+
+step("delete the VM", async () => {
+  await page.getByRole("link", { name: VM, exact: true }).click();
+  await page.getByRole("heading", { name: new RegExp(`^${VM}`) }).waitFor();
   await page.getByRole("button", { name: "Delete", exact: true }).first().click();
   const dialog = page.getByRole("dialog");
   await dialog.waitFor();
-  await shot("09-delete-confirm");
+  await shot("17-delete-confirm");
   await dialog.getByRole("button", { name: "Delete" }).click();
   await page.waitForURL("**/ui/vms", { timeout: 120_000 });
   await page.getByRole("heading", { name: "Virtual machines" }).waitFor();
   await page.waitForFunction((vm) => !document.querySelector(`[data-vm="${vm}"]`), VM);
-  await shot("10-vm-list");
+  await shot("18-vm-list");
 });
 
 step("operations, images and storage pages", async () => {
   await page.getByRole("link", { name: "Operations" }).click();
   await page.getByText("vm.delete").first().waitFor();
-  await shot("11-operations");
+  await shot("19-operations");
   await page.getByRole("link", { name: "Images" }).click();
   await page.getByRole("cell", { name: "tiny", exact: true }).waitFor();
-  await shot("12-images");
+  await shot("20-images");
   await page.getByRole("link", { name: "Storage" }).click();
   await page.getByRole("heading", { name: "Storage pools" }).waitFor();
-  await shot("13-storage");
+  await shot("21-storage");
   assert.deepEqual(page.foreign, [], "the UI made requests to other origins");
 });

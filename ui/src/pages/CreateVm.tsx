@@ -1,7 +1,23 @@
 import { useState } from "preact/hooks";
-import { api, ApiFailure, call, waitOperation, type Schemas } from "../api/client";
+import { api, call, waitOperation, type Schemas } from "../api/client";
 import { navigate } from "../router";
-import { ErrorText, OpProgress, useData } from "../ui";
+import { ErrorText, FieldError, invalidProps, isFieldError, localFieldError, OpProgress, useData } from "../ui";
+
+/** Request fields shown next to their inputs (other errors go above the Create button). */
+const FIELDS = [
+  "name",
+  "image",
+  "template",
+  "vcpus",
+  "memory_mib",
+  "disk_mib",
+  "networks",
+  "kernel_args",
+  "cloud_init",
+  "cloud_init.hostname",
+  "cloud_init.ssh_authorized_keys",
+  "cloud_init.user_data",
+];
 
 type Form = {
   name: string;
@@ -86,7 +102,7 @@ export function CreateVm() {
     };
     for (const k of ["vcpus", "memory_mib", "disk_mib"] as const) {
       if (Number.isNaN(body[k])) {
-        setError(new ApiFailure(400, "invalid_request", `${k} must be a number`, k));
+        setError(localFieldError(k, `${k} must be a number`));
         return;
       }
     }
@@ -103,15 +119,7 @@ export function CreateVm() {
     }
   }
 
-  const fieldErr = (field: string) =>
-    error instanceof ApiFailure && error.field === field ? (
-      <p id={`err-${field}`} class="error field-error" role="alert">
-        {error.message}
-      </p>
-    ) : null;
-  const invalid = (field: string) =>
-    error instanceof ApiFailure && error.field === field ? { "aria-invalid": true, "aria-describedby": `err-${field}` } : {};
-  const general = error && !(error instanceof ApiFailure && error.field && ["name", "image", "template", "vcpus", "memory_mib", "disk_mib", "networks", "kernel_args", "cloud_init", "cloud_init.hostname", "cloud_init.ssh_authorized_keys", "cloud_init.user_data"].includes(error.field));
+  const general = error && !isFieldError(error, FIELDS);
 
   return (
     <section aria-labelledby="create-title">
@@ -120,8 +128,8 @@ export function CreateVm() {
         <fieldset>
           <legend>Identity and source</legend>
           <label for="vm-name">Name</label>
-          <input id="vm-name" name="name" required value={f.name} onInput={(e) => set("name", (e.target as HTMLInputElement).value)} {...invalid("name")} />
-          {fieldErr("name")}
+          <input id="vm-name" name="name" required value={f.name} onInput={(e) => set("name", (e.target as HTMLInputElement).value)} {...invalidProps(error, "name")} />
+          <FieldError error={error} field="name" />
           <div role="radiogroup" aria-label="Create from" class="radios">
             <label class="check">
               <input type="radio" name="source" checked={f.source === "image"} onChange={() => set("source", "image")} /> Image
@@ -133,7 +141,7 @@ export function CreateVm() {
           {f.source === "image" ? (
             <>
               <label for="vm-image">Image</label>
-              <select id="vm-image" name="image" value={image} onChange={(e) => set("image", (e.target as HTMLSelectElement).value)} {...invalid("image")}>
+              <select id="vm-image" name="image" value={image} onChange={(e) => set("image", (e.target as HTMLSelectElement).value)} {...invalidProps(error, "image")}>
                 {(images.data ?? []).map((i) => (
                   <option key={i.name} value={i.name}>
                     {i.name} ({i.content.kind === "kernel" ? `kernel ${i.content.kernel_version}` : "disk"})
@@ -141,35 +149,35 @@ export function CreateVm() {
                 ))}
               </select>
               {images.data?.length === 0 && <p class="muted small">No images yet: build one on the Images page.</p>}
-              {fieldErr("image")}
+              <FieldError error={error} field="image" />
             </>
           ) : (
             <>
               <label for="vm-template">Template</label>
-              <select id="vm-template" name="template" value={template} onChange={(e) => set("template", (e.target as HTMLSelectElement).value)} {...invalid("template")}>
+              <select id="vm-template" name="template" value={template} onChange={(e) => set("template", (e.target as HTMLSelectElement).value)} {...invalidProps(error, "template")}>
                 {templates.map((t) => (
                   <option key={t.name}>{t.name}</option>
                 ))}
               </select>
-              {fieldErr("template")}
+              <FieldError error={error} field="template" />
             </>
           )}
         </fieldset>
         <fieldset>
           <legend>Resources</legend>
           <label for="vm-vcpus">vCPUs</label>
-          <input id="vm-vcpus" name="vcpus" inputMode="numeric" value={f.vcpus} onInput={(e) => set("vcpus", (e.target as HTMLInputElement).value)} {...invalid("vcpus")} />
-          {fieldErr("vcpus")}
+          <input id="vm-vcpus" name="vcpus" inputMode="numeric" value={f.vcpus} onInput={(e) => set("vcpus", (e.target as HTMLInputElement).value)} {...invalidProps(error, "vcpus")} />
+          <FieldError error={error} field="vcpus" />
           <label for="vm-memory">Memory (MiB)</label>
-          <input id="vm-memory" name="memory_mib" inputMode="numeric" value={f.memory_mib} onInput={(e) => set("memory_mib", (e.target as HTMLInputElement).value)} {...invalid("memory_mib")} />
-          {fieldErr("memory_mib")}
+          <input id="vm-memory" name="memory_mib" inputMode="numeric" value={f.memory_mib} onInput={(e) => set("memory_mib", (e.target as HTMLInputElement).value)} {...invalidProps(error, "memory_mib")} />
+          <FieldError error={error} field="memory_mib" />
           <label for="vm-disk">Disk size (MiB, empty for the image's default)</label>
-          <input id="vm-disk" name="disk_mib" inputMode="numeric" value={f.disk_mib} onInput={(e) => set("disk_mib", (e.target as HTMLInputElement).value)} {...invalid("disk_mib")} />
-          {fieldErr("disk_mib")}
+          <input id="vm-disk" name="disk_mib" inputMode="numeric" value={f.disk_mib} onInput={(e) => set("disk_mib", (e.target as HTMLInputElement).value)} {...invalidProps(error, "disk_mib")} />
+          <FieldError error={error} field="disk_mib" />
         </fieldset>
         <fieldset>
           <legend>Network and boot</legend>
-          <div role="group" aria-labelledby="vm-networks-label" class="radios wrap" {...invalid("networks")}>
+          <div role="group" aria-labelledby="vm-networks-label" class="radios wrap" {...invalidProps(error, "networks")}>
             <span id="vm-networks-label">Networks (one NIC each, in this order; none for no NIC)</span>
             {netChoices.map((n) => {
               const info = nets.data?.find((x) => x.name === n);
@@ -181,23 +189,23 @@ export function CreateVm() {
               );
             })}
           </div>
-          {fieldErr("networks")}
+          <FieldError error={error} field="networks" />
           <label for="vm-kargs">Extra kernel arguments (kernel images)</label>
-          <input id="vm-kargs" name="kernel_args" value={f.kernel_args} onInput={(e) => set("kernel_args", (e.target as HTMLInputElement).value)} {...invalid("kernel_args")} />
-          {fieldErr("kernel_args")}
+          <input id="vm-kargs" name="kernel_args" value={f.kernel_args} onInput={(e) => set("kernel_args", (e.target as HTMLInputElement).value)} {...invalidProps(error, "kernel_args")} />
+          <FieldError error={error} field="kernel_args" />
         </fieldset>
         <fieldset>
           <legend>Cloud-init (optional; a NoCloud seed the guest reads on first boot)</legend>
           <label for="vm-hostname">Host name (default: the VM's name)</label>
-          <input id="vm-hostname" name="hostname" value={f.hostname} onInput={(e) => set("hostname", (e.target as HTMLInputElement).value)} {...invalid("cloud_init.hostname")} />
-          {fieldErr("cloud_init.hostname")}
+          <input id="vm-hostname" name="hostname" value={f.hostname} onInput={(e) => set("hostname", (e.target as HTMLInputElement).value)} {...invalidProps(error, "cloud_init.hostname")} />
+          <FieldError error={error} field="cloud_init.hostname" />
           <label for="vm-ssh">SSH authorized keys (one per line)</label>
-          <textarea id="vm-ssh" name="ssh_keys" rows={2} value={f.ssh_keys} onInput={(e) => set("ssh_keys", (e.target as HTMLTextAreaElement).value)} {...invalid("cloud_init.ssh_authorized_keys")} />
-          {fieldErr("cloud_init.ssh_authorized_keys")}
+          <textarea id="vm-ssh" name="ssh_keys" rows={2} value={f.ssh_keys} onInput={(e) => set("ssh_keys", (e.target as HTMLTextAreaElement).value)} {...invalidProps(error, "cloud_init.ssh_authorized_keys")} />
+          <FieldError error={error} field="cloud_init.ssh_authorized_keys" />
           <label for="vm-userdata">User-data (#cloud-config YAML or a script)</label>
-          <textarea id="vm-userdata" name="user_data" rows={5} class="mono" value={f.user_data} onInput={(e) => set("user_data", (e.target as HTMLTextAreaElement).value)} {...invalid("cloud_init.user_data")} />
-          {fieldErr("cloud_init.user_data")}
-          {fieldErr("cloud_init")}
+          <textarea id="vm-userdata" name="user_data" rows={5} class="mono" value={f.user_data} onInput={(e) => set("user_data", (e.target as HTMLTextAreaElement).value)} {...invalidProps(error, "cloud_init.user_data")} />
+          <FieldError error={error} field="cloud_init.user_data" />
+          <FieldError error={error} field="cloud_init" />
         </fieldset>
         <fieldset>
           <legend>After create</legend>
