@@ -255,11 +255,19 @@ step("attach the volume and a NIC on the network to the stopped VM; the network 
   await nav("Storage").click();
   await page.locator(`[data-volume="${VOL}"]`, { hasText: VM }).waitFor();
   await shot("13-pool-volumes");
+  // The network's page lists the NIC's address (a reservation until the guest asks for it).
+  await nav("Networks").click();
+  await page.getByRole("link", { name: NET, exact: true }).click();
+  const lease = page.locator('[data-lease^="10.77.0."]');
+  await lease.waitFor();
+  assert.match(await lease.innerText(), /reserved|dynamic/);
+  await page.getByTestId("network-used-by").getByRole("link", { name: VM }).waitFor();
+  await shot("14-network-leases");
   // Deleting the network while the NIC uses it: the API's 409 message is shown.
   await nav("Networks").click();
   await page.locator(`[data-network="${NET}"]`, { hasText: VM }).waitFor();
   await page.getByRole("button", { name: `Delete network ${NET}` }).click();
-  await confirmDialog("Delete", "14-network-delete-confirm");
+  await confirmDialog("Delete", "15-network-delete-confirm");
   const alert = page.locator("p.error[role=alert]");
   await alert.waitFor();
   assert.match(await alert.innerText(), /in use/);
@@ -294,13 +302,13 @@ step("clone the stopped VM (linked) and see the clone in the list", async () => 
   const dialog = page.getByRole("dialog");
   await dialog.getByLabel("Name of the new VM").fill(CLONE);
   await dialog.getByRole("radio", { name: /Linked/ }).check();
-  await shot("15-clone-dialog");
+  await shot("16-clone-dialog");
   await dialog.getByRole("button", { name: "Clone", exact: true }).click();
   await page.waitForURL(`**/ui/vms/${CLONE}`, { timeout: 120_000 });
   await nav("Virtual machines").click();
   await page.locator(`[data-vm="${CLONE}"]`).waitFor();
   await page.locator(`[data-vm="${VM}"]`).waitFor();
-  await shot("16-vm-list-clone");
+  await shot("17-vm-list-clone");
 });
 
 step("convert the clone to a template, then delete it", async () => {
@@ -321,23 +329,23 @@ step("delete the VM", async () => {
   await page.getByRole("button", { name: "Delete", exact: true }).first().click();
   const dialog = page.getByRole("dialog");
   await dialog.waitFor();
-  await shot("17-delete-confirm");
+  await shot("18-delete-confirm");
   await dialog.getByRole("button", { name: "Delete" }).click();
   await page.waitForURL("**/ui/vms", { timeout: 120_000 });
   await page.getByRole("heading", { name: "Virtual machines" }).waitFor();
   await page.waitForFunction((vm) => !document.querySelector(`[data-vm="${vm}"]`), VM);
-  await shot("18-vm-list");
+  await shot("19-vm-list");
 });
 
 step("operations, images and storage pages", async () => {
   await page.getByRole("link", { name: "Operations" }).click();
   await page.getByText("vm.delete").first().waitFor();
-  await shot("19-operations");
+  await shot("20-operations");
   await page.getByRole("link", { name: "Images" }).click();
   await page.getByRole("cell", { name: "tiny", exact: true }).waitFor();
-  await shot("20-images");
+  await shot("21-images");
   await page.getByRole("link", { name: "Storage" }).click();
   await page.getByRole("heading", { name: "Storage pools" }).waitFor();
-  await shot("21-storage");
+  await shot("22-storage");
   assert.deepEqual(page.foreign, [], "the UI made requests to other origins");
 });

@@ -128,8 +128,9 @@ fn browser_ui_end_to_end() {
         "09-vm-snapshots",
         "12-vm-hardware-attached",
         "13-pool-volumes",
-        "16-vm-list-clone",
-        "19-operations",
+        "14-network-leases",
+        "17-vm-list-clone",
+        "20-operations",
     ] {
         let p = shots.join(format!("{page}.png"));
         assert!(

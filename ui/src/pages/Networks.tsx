@@ -12,10 +12,10 @@ type NetworkType = Schemas["NetworkType"];
 type NetworkInfo = Schemas["NetworkInfo"];
 
 const TYPES: { value: NetworkType; label: string }[] = [
-  { value: "nat", label: "NAT (private subnet, masqueraded to the uplink)" },
-  { value: "isolated", label: "Isolated (private subnet, no way out)" },
-  { value: "bridged", label: "Bridged (VMs on the uplink's LAN)" },
-  { value: "ovs", label: "Open vSwitch (VLAN tags per NIC)" },
+  { value: "nat", label: "NAT (masqueraded)" },
+  { value: "isolated", label: "Isolated (no way out)" },
+  { value: "bridged", label: "Bridged (uplink's LAN)" },
+  { value: "ovs", label: "Open vSwitch (VLANs)" },
 ];
 
 /** What the uplink means for each type (the API decides whether it is required). */
@@ -294,31 +294,33 @@ export function NetworkPage({ name }: { name: string }) {
       <h2 id="leases-title">DHCP leases</h2>
       <ErrorText error={leases.error} />
       {!n.dhcp && <p class="muted">DHCP is off on this network.</p>}
-      <div class="table-wrap">
-        <table aria-labelledby="leases-title">
-          <thead>
-            <tr>
-              <th scope="col">MAC</th>
-              <th scope="col">Address</th>
-              <th scope="col">Host name</th>
-              <th scope="col">Kind</th>
-              <th scope="col">Expires</th>
-            </tr>
-          </thead>
-          <tbody>
-            {(leases.data ?? []).map((l) => (
-              <tr key={`${l.mac}-${l.ip}`}>
-                <td class="mono">{l.mac}</td>
-                <td class="mono">{l.ip}</td>
-                <td>{l.hostname ?? "—"}</td>
-                <td>{l.kind}</td>
-                <td>{expires(l.expires)}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
       {leases.data?.length === 0 && <p class="muted">No leases or reservations.</p>}
+      {(leases.data?.length ?? 0) > 0 && (
+        <div class="table-wrap">
+          <table aria-labelledby="leases-title">
+            <thead>
+              <tr>
+                <th scope="col">MAC</th>
+                <th scope="col">Address</th>
+                <th scope="col">Host name</th>
+                <th scope="col">Kind</th>
+                <th scope="col">Expires</th>
+              </tr>
+            </thead>
+            <tbody>
+              {(leases.data ?? []).map((l) => (
+                <tr key={`${l.mac}-${l.ip}`} data-lease={l.ip}>
+                  <td class="mono">{l.mac}</td>
+                  <td class="mono">{l.ip}</td>
+                  <td>{l.hostname ?? "—"}</td>
+                  <td>{l.kind}</td>
+                  <td>{expires(l.expires)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
       <Firewall title="Firewall" firewall={n.firewall} />
       <h2 id="forwards-title">Port forwards</h2>
       {n.port_forwards.length === 0 ? (

@@ -125,7 +125,9 @@ export function VmHardware({ vm, onChange }: { vm: VmInfo; onChange: () => void 
           </thead>
           <tbody>
             {(nics.data ?? []).map((n) => {
-              const guest = vm.nics.find((g) => g.name === n.name)?.addresses ?? [];
+              // The guest agent's addresses only mean something while the guest runs.
+              const live = vm.state === "running" || vm.state === "paused";
+              const guest = live ? (vm.nics.find((g) => g.name === n.name)?.addresses ?? []) : [];
               const rules = n.firewall.rules?.length ?? 0;
               return (
                 <tr key={n.name} data-nic={n.name}>

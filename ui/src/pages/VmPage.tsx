@@ -186,7 +186,7 @@ export function VmPage({ name }: { name: string }) {
                   : "not answering"}
             </dd>
             <dt>IP addresses</dt>
-            <dd class="mono">{v.nics.flatMap((n) => n.addresses ?? []).join(", ") || "—"}</dd>
+            <dd class="mono">{(v.state === "running" || v.state === "paused" ? v.nics.flatMap((n) => n.addresses ?? []).join(", ") : "") || "—"}</dd>
             <dt>Snapshot</dt>
             <dd>{v.current_snapshot ?? "—"}</dd>
             <dt>UUID</dt>
