@@ -146,10 +146,25 @@ step("networks: a bad CIDR is shown next to its field, then an isolated network 
   assert.match(await row.innerText(), /isolated\s+10\.77\.0\.0\/24/);
   await page.locator("#err-net-subnet").waitFor({ state: "detached" });
   await shot("04-networks");
+  // Firewall rules are edited through the API (the UI shows them): a rule set by PATCH.
+  await page.evaluate(
+    async ([net, token]) => {
+      const r = await fetch(`/v1/networks/${net}`, {
+        method: "PATCH",
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ firewall: { default_in: "drop", rules: [{ direction: "in", protocol: "tcp", ports: ["22"], action: "accept" }] } }),
+      });
+      if (!r.ok) throw new Error(`PATCH network: ${r.status} ${await r.text()}`);
+    },
+    [NET, TOKEN],
+  );
   // The network's own page: details, leases, firewall, forwards.
   await row.getByRole("link", { name: NET }).click();
   await page.getByRole("heading", { name: "DHCP leases" }).waitFor();
-  await page.getByRole("heading", { name: "Firewall" }).waitFor();
+  const firewall = page.getByRole("table", { name: "Firewall" });
+  await firewall.waitFor();
+  assert.match(await firewall.innerText(), /in\s+accept\s+tcp\s+anywhere\s+22/);
+  assert.match(await page.getByText(/^Default in:/).innerText(), /Default in: drop/);
   await shot("05-network-page");
 });
 
