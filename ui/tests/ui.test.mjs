@@ -15,6 +15,7 @@ const SHOTS = process.env.VIREO_UI_SCREENSHOTS ?? "target/ui-screenshots";
 const READY = process.env.VIREO_UI_READY_MARKER ?? "VIREO-GUEST-READY";
 const VM = `ui${process.pid % 100000}`;
 const CLONE = `${VM}-clone`;
+const FROM_TEMPLATE = `${VM}-t`;
 const NET = `uinet${process.pid % 100000}`;
 const VOL = `uivol${process.pid % 100000}`;
 
@@ -83,6 +84,8 @@ function step(name, fn) {
       await fn();
     } catch (e) {
       broken = name;
+      // What the page showed when the step failed (the error is often on it).
+      await shot(`failed-${name.replace(/\W+/g, "-").slice(0, 60)}`).catch(() => {});
       throw e;
     }
   });
@@ -326,12 +329,31 @@ step("clone the stopped VM (linked) and see the clone in the list", async () => 
   await shot("17-vm-list-clone");
 });
 
-step("convert the clone to a template, then delete it", async () => {
+step("convert the clone to a template, create a VM from it in the wizard, delete both", async () => {
   await page.getByRole("link", { name: CLONE, exact: true }).click();
   await page.getByRole("button", { name: "Convert to template" }).click();
   await confirmDialog("Convert");
-  await page.getByRole("link", { name: "New VM from template" }).waitFor();
+  const fromTemplate = page.getByRole("link", { name: "New VM from template" });
+  await fromTemplate.waitFor();
   assert.equal(await page.getByRole("button", { name: "Start", exact: true }).count(), 0);
+  // The wizard opens with the template chosen.
+  await fromTemplate.click();
+  await page.getByRole("heading", { name: "Create a virtual machine" }).waitFor();
+  assert.equal(await page.getByRole("radio", { name: /Template/ }).isChecked(), true);
+  // The template list loads with the page.
+  await page.waitForFunction((t) => document.querySelector("#vm-template")?.value === t, CLONE);
+  await page.getByLabel("Name", { exact: true }).fill(FROM_TEMPLATE);
+  await page.getByLabel("Start after create").uncheck();
+  await page.getByRole("button", { name: "Create VM" }).click();
+  await page.waitForURL(`**/ui/vms/${FROM_TEMPLATE}`, { timeout: 120_000 });
+  await page.getByRole("tab", { name: "Overview" }).click();
+  assert.equal(await page.locator("dt:text-is('Template') + dd").innerText(), `${CLONE} (linked clone)`);
+  await page.getByRole("button", { name: "Delete", exact: true }).first().click();
+  await confirmDialog("Delete");
+  await page.waitForURL("**/ui/vms", { timeout: 120_000 });
+  await page.waitForFunction((vm) => !document.querySelector(`[data-vm="${vm}"]`), FROM_TEMPLATE);
+  // Now no linked clone uses the template: it can go.
+  await page.getByRole("link", { name: CLONE, exact: true }).click();
   await page.getByRole("button", { name: "Delete", exact: true }).first().click();
   await confirmDialog("Delete");
   await page.waitForURL("**/ui/vms", { timeout: 120_000 });

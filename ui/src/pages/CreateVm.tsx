@@ -56,8 +56,8 @@ export function CreateVm() {
     source: fromTemplate ? "template" : "image",
     image: "",
     template: fromTemplate,
-    vcpus: "1",
-    memory_mib: "256",
+    vcpus: fromTemplate ? "" : "1",
+    memory_mib: fromTemplate ? "" : "256",
     disk_mib: "",
     networks: null,
     kernel_args: "",
@@ -73,6 +73,11 @@ export function CreateVm() {
   const set = <K extends keyof Form>(k: K, v: Form[K]) => setF((old) => ({ ...old, [k]: v }));
   const image = f.image || images.data?.[0]?.name || "";
   const template = f.template || templates[0]?.name || "";
+  const fromImage = f.source === "image";
+  const chosenTemplate = templates.find((t) => t.name === template);
+  /** Switching the source resets the resources to that source's defaults. */
+  const setSource = (source: Form["source"]) =>
+    setF((old) => ({ ...old, source, vcpus: source === "image" ? "1" : "", memory_mib: source === "image" ? "256" : "" }));
   const netChoices = ["user", ...(nets.data ?? []).map((n) => n.name)];
   const defaultNet = (nets.data ?? []).find((n) => n.default)?.name ?? "user";
   const networks = f.networks ?? [defaultNet];
@@ -93,15 +98,15 @@ export function CreateVm() {
       name: f.name.trim(),
       vcpus: num(f.vcpus),
       memory_mib: num(f.memory_mib),
-      disk_mib: num(f.disk_mib),
-      networks,
-      kernel_args: f.kernel_args.trim() || null,
+      // A linked clone of a template keeps the template's disks, NICs and kernel command
+      // line (the API refuses these fields then); they can be changed on the new VM.
+      ...(fromImage ? { disk_mib: num(f.disk_mib), networks, kernel_args: f.kernel_args.trim() || null } : {}),
       start: f.start,
       cloud_init: cloudInit,
       ...(f.source === "image" ? { image: image || null } : { template: template || null }),
     };
     for (const k of ["vcpus", "memory_mib", "disk_mib"] as const) {
-      if (Number.isNaN(body[k])) {
+      if (Number.isNaN(body[k] ?? null)) {
         setError(localFieldError(k, `${k} must be a number`));
         return;
       }
@@ -132,10 +137,10 @@ export function CreateVm() {
           <FieldError error={error} field="name" />
           <div role="radiogroup" aria-label="Create from" class="radios">
             <label class="check">
-              <input type="radio" name="source" checked={f.source === "image"} onChange={() => set("source", "image")} /> Image
+              <input type="radio" name="source" checked={f.source === "image"} onChange={() => setSource("image")} /> Image
             </label>
             <label class="check">
-              <input type="radio" name="source" checked={f.source === "template"} onChange={() => set("source", "template")} disabled={templates.length === 0} /> Template (linked clone)
+              <input type="radio" name="source" checked={f.source === "template"} onChange={() => setSource("template")} disabled={templates.length === 0} /> Template (linked clone)
             </label>
           </div>
           {f.source === "image" ? (
@@ -165,35 +170,43 @@ export function CreateVm() {
         </fieldset>
         <fieldset>
           <legend>Resources</legend>
-          <label for="vm-vcpus">vCPUs</label>
+          <label for="vm-vcpus">vCPUs{fromImage ? "" : ` (empty: the template's ${chosenTemplate?.vcpus ?? ""})`}</label>
           <input id="vm-vcpus" name="vcpus" inputMode="numeric" value={f.vcpus} onInput={(e) => set("vcpus", (e.target as HTMLInputElement).value)} {...invalidProps(error, "vcpus")} />
           <FieldError error={error} field="vcpus" />
-          <label for="vm-memory">Memory (MiB)</label>
+          <label for="vm-memory">Memory (MiB){fromImage ? "" : ` (empty: the template's ${chosenTemplate?.memory_mib ?? ""})`}</label>
           <input id="vm-memory" name="memory_mib" inputMode="numeric" value={f.memory_mib} onInput={(e) => set("memory_mib", (e.target as HTMLInputElement).value)} {...invalidProps(error, "memory_mib")} />
           <FieldError error={error} field="memory_mib" />
-          <label for="vm-disk">Disk size (MiB, empty for the image's default)</label>
-          <input id="vm-disk" name="disk_mib" inputMode="numeric" value={f.disk_mib} onInput={(e) => set("disk_mib", (e.target as HTMLInputElement).value)} {...invalidProps(error, "disk_mib")} />
-          <FieldError error={error} field="disk_mib" />
+          {fromImage && (
+            <>
+              <label for="vm-disk">Disk size (MiB, empty for the image's default)</label>
+              <input id="vm-disk" name="disk_mib" inputMode="numeric" value={f.disk_mib} onInput={(e) => set("disk_mib", (e.target as HTMLInputElement).value)} {...invalidProps(error, "disk_mib")} />
+              <FieldError error={error} field="disk_mib" />
+            </>
+          )}
         </fieldset>
-        <fieldset>
-          <legend>Network and boot</legend>
-          <div role="group" aria-labelledby="vm-networks-label" class="radios wrap" {...invalidProps(error, "networks")}>
-            <span id="vm-networks-label">Networks (one NIC each, in this order; none for no NIC)</span>
-            {netChoices.map((n) => {
-              const info = nets.data?.find((x) => x.name === n);
-              return (
-                <label class="check" key={n}>
-                  <input type="checkbox" name="networks" value={n} checked={networks.includes(n)} onChange={(e) => toggleNet(n, (e.target as HTMLInputElement).checked)} />{" "}
-                  {n === "user" ? "user (QEMU user-mode NAT)" : `${n} (${info?.type}${info?.subnet ? ` ${info.subnet}` : ""})`}
-                </label>
-              );
-            })}
-          </div>
-          <FieldError error={error} field="networks" />
-          <label for="vm-kargs">Extra kernel arguments (kernel images)</label>
-          <input id="vm-kargs" name="kernel_args" value={f.kernel_args} onInput={(e) => set("kernel_args", (e.target as HTMLInputElement).value)} {...invalidProps(error, "kernel_args")} />
-          <FieldError error={error} field="kernel_args" />
-        </fieldset>
+        {fromImage ? (
+          <fieldset>
+            <legend>Network and boot</legend>
+            <div role="group" aria-labelledby="vm-networks-label" class="radios wrap" {...invalidProps(error, "networks")}>
+              <span id="vm-networks-label">Networks (one NIC each, in this order; none for no NIC)</span>
+              {netChoices.map((n) => {
+                const info = nets.data?.find((x) => x.name === n);
+                return (
+                  <label class="check" key={n}>
+                    <input type="checkbox" name="networks" value={n} checked={networks.includes(n)} onChange={(e) => toggleNet(n, (e.target as HTMLInputElement).checked)} />{" "}
+                    {n === "user" ? "user (QEMU user-mode NAT)" : `${n} (${info?.type}${info?.subnet ? ` ${info.subnet}` : ""})`}
+                  </label>
+                );
+              })}
+            </div>
+            <FieldError error={error} field="networks" />
+            <label for="vm-kargs">Extra kernel arguments (kernel images)</label>
+            <input id="vm-kargs" name="kernel_args" value={f.kernel_args} onInput={(e) => set("kernel_args", (e.target as HTMLInputElement).value)} {...invalidProps(error, "kernel_args")} />
+            <FieldError error={error} field="kernel_args" />
+          </fieldset>
+        ) : (
+          <p class="muted">Disks, NICs and the kernel command line come from the template; change them on the new VM's Hardware tab.</p>
+        )}
         <fieldset>
           <legend>Cloud-init (optional; a NoCloud seed the guest reads on first boot)</legend>
           <label for="vm-hostname">Host name (default: the VM's name)</label>

@@ -170,7 +170,15 @@ export function VmPage({ name }: { name: string }) {
             <dt>Boot</dt>
             <dd>{v.spec.boot.kind === "kernel" ? "direct kernel" : `disk (${v.spec.boot.firmware})`}</dd>
             <dt>Image</dt>
-            <dd>{v.image ?? v.template_source ?? "—"}</dd>
+            <dd>{v.image ?? "—"}</dd>
+            {v.template_source && (
+              <>
+                <dt>Template</dt>
+                <dd>
+                  <a href={href(`/vms/${encodeURIComponent(v.template_source)}`)}>{v.template_source}</a> (linked clone)
+                </dd>
+              </>
+            )}
             <dt>Node</dt>
             <dd>
               {v.node} {v.accel ? `(${v.accel.toUpperCase()})` : ""} {v.pid ? `· QEMU pid ${v.pid}` : ""}
