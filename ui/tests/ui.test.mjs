@@ -386,3 +386,19 @@ step("operations, images and storage pages", async () => {
   await shot("22-storage");
   assert.deepEqual(page.foreign, [], "the UI made requests to other origins");
 });
+
+step("narrow window: pages fit without sideways scrolling", async () => {
+  await page.setViewportSize({ width: 820, height: 900 });
+  for (const [link, heading, name] of [
+    ["Networks", "Networks", "23-networks-narrow"],
+    ["Storage", "Storage pools", "24-storage-narrow"],
+    ["Virtual machines", "Virtual machines", "25-vm-list-narrow"],
+  ]) {
+    await nav(link).click();
+    await page.getByRole("heading", { name: heading, exact: true }).waitFor();
+    const [doc, win] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    assert.ok(doc <= win, `${link}: page is ${doc}px wide in a ${win}px window`);
+    await shot(name);
+  }
+  await page.setViewportSize({ width: 1366, height: 800 });
+});

@@ -77,11 +77,11 @@ export function Pools() {
               <tr key={p.uuid} data-pool={p.name} class={open === p.name ? "selected" : ""}>
                 <td>{p.name}</td>
                 <td>{p.driver}</td>
-                <td class="mono small">{p.path}</td>
+                <td class="mono small break">{p.path}</td>
                 <td>{p.volumes}</td>
                 <td>{formatBytes(p.allocated_bytes)}</td>
                 <td>{formatBytes(p.provisioned_bytes)}</td>
-                <td>
+                <td class="nowrap">
                   {formatBytes(p.available_bytes)} of {formatBytes(p.capacity_bytes)}
                 </td>
                 <td class="nowrap">

@@ -1,6 +1,6 @@
 import { useState } from "preact/hooks";
-import { api, ApiFailure, call, waitOperation, type Operation, type VmInfo } from "../api/client";
-import { Confirm, ErrorText, StateBadge, useData } from "../ui";
+import { api, call, waitOperation, type Operation, type VmInfo } from "../api/client";
+import { Confirm, ErrorText, FieldError, invalidProps, isFieldError, StateBadge, useData } from "../ui";
 
 export function Snapshots({ vm, onChange }: { vm: VmInfo; onChange: () => void }) {
   const name = vm.name;
@@ -39,8 +39,6 @@ export function Snapshots({ vm, onChange }: { vm: VmInfo; onChange: () => void }
     }
   }
 
-  const fieldError = error instanceof ApiFailure && error.field ? error : null;
-
   return (
     <div>
       <form class="inline-form" onSubmit={create} aria-label="Take a snapshot">
@@ -51,8 +49,9 @@ export function Snapshots({ vm, onChange }: { vm: VmInfo; onChange: () => void }
             required
             value={snapName}
             onInput={(e) => setSnapName((e.target as HTMLInputElement).value)}
-            aria-invalid={fieldError?.field === "name" ? true : undefined}
+            {...invalidProps(error, "name", "snapshot-name")}
           />
+          <FieldError error={error} field="name" id="snapshot-name" />
         </label>
         <label>
           Description <input value={description} onInput={(e) => setDescription((e.target as HTMLInputElement).value)} />
@@ -65,7 +64,7 @@ export function Snapshots({ vm, onChange }: { vm: VmInfo; onChange: () => void }
           {busy === "create" ? "Taking snapshot…" : "Take snapshot"}
         </button>
       </form>
-      <ErrorText error={error ?? snaps.error} />
+      <ErrorText error={(error && !isFieldError(error, ["name"]) ? error : null) ?? snaps.error} />
       <table>
         <thead>
           <tr>
