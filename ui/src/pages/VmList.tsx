@@ -76,7 +76,7 @@ export function VmList() {
                 <td>{v.vcpus}</td>
                 <td>{formatMib(v.memory_mib)}</td>
                 <td>{v.image ?? v.template_source ?? ""}</td>
-                <td class="mono small">{v.nics.flatMap((n) => n.addresses ?? []).join(", ")}</td>
+                <td class="mono small">{v.state === "running" || v.state === "paused" ? v.nics.flatMap((n) => n.addresses ?? []).join(", ") : ""}</td>
                 <td>{new Date(v.created_at).toLocaleString()}</td>
               </tr>
             ))}
