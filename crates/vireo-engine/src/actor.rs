@@ -670,15 +670,23 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Polls the guest agent while the machine lives and reports readiness changes to the actor.
 /// Pause between agent pings while the guest is not ready yet. Every failed ping makes the
 /// agent client resynchronise the virtio-serial channel, which costs the booting guest CPU
 /// time, so booting guests are probed gently; a ready guest is re-checked rarely.
 const PING_WHILE_BOOTING: Duration = Duration::from_millis(500);
 const PING_WHEN_READY: Duration = Duration::from_secs(5);
+/// How often a ready guest's facts are read again: the agent usually answers before DHCP has
+/// finished or cloud-init has set the host name, and NICs are hot-added later, so facts read
+/// only when the agent first answered would stay stale for the guest's lifetime.
+const FACTS_REFRESH: Duration = Duration::from_secs(15);
 
+/// Polls the guest agent while the machine lives and reports readiness changes, and facts that
+/// changed while the guest stays ready (read every [`FACTS_REFRESH`]), to the actor.
 async fn guest_watch(m: Arc<dyn Machine>, pid: u32, tx: mpsc::WeakSender<Msg>) {
     let mut ready = false;
+    // The facts last reported, and when they were read.
+    let mut reported: Option<GuestFacts> = None;
+    let mut read_at = Instant::now();
     let mut exits = m.subscribe();
     // No agent answers before the guest kernel has even started.
     tokio::time::sleep(PING_WHILE_BOOTING).await;
@@ -687,23 +695,32 @@ async fn guest_watch(m: Arc<dyn Machine>, pid: u32, tx: mpsc::WeakSender<Msg>) {
             return;
         }
         let ok = m.agent_ping(Duration::from_millis(1500)).await.is_ok();
-        if ok != ready {
+        let refresh = ok && ready && read_at.elapsed() >= FACTS_REFRESH;
+        if ok != ready || refresh {
             let facts = if ok {
+                read_at = Instant::now();
                 m.agent_facts(Duration::from_secs(3)).await.ok()
             } else {
                 None
             };
-            let Some(tx) = tx.upgrade() else { return };
-            if tx
-                .send(Msg::Guest {
-                    pid,
-                    ready: ok,
-                    facts,
-                })
-                .await
-                .is_err()
-            {
-                return;
+            // A refresh reports only facts it could read that differ from the last report.
+            let changed = facts.is_some() && facts != reported;
+            if ok != ready || changed {
+                if facts.is_some() {
+                    reported.clone_from(&facts);
+                }
+                let Some(tx) = tx.upgrade() else { return };
+                if tx
+                    .send(Msg::Guest {
+                        pid,
+                        ready: ok,
+                        facts,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
             ready = ok;
         }

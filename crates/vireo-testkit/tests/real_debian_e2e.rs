@@ -16,8 +16,9 @@
 //!
 //! A cold build takes five to six minutes and the TCG boot two to three, so the first-boot test
 //! is `#[ignore]`d; docs/testing.md ("Debian first boot end to end") has the command. Bad
-//! first-boot input (not YAML, over 1 MiB, Ignition that is not JSON) is checked by the
-//! non-ignored test at the end: a clear 400 and nothing created.
+//! first-boot input (not YAML, over 1 MiB, Ignition that is not JSON) is checked by a
+//! non-ignored test (a clear 400 and nothing created), and guest information that changes
+//! after the agent first answered by another (tiny guest).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -348,6 +349,39 @@ fn real_debian_first_boot_applies_user_data_and_reports_the_address() {
     d.ok(&["vm", "kill", "deb1"]);
     d.ok(&["vm", "delete", "deb1"]);
     d.ok(&["image", "delete", "debian"]);
+}
+
+/// Guest information follows the guest after its agent first answered: an address added and
+/// a host name changed inside a running tiny guest show up in `vireo vm show` (the daemon
+/// re-reads the agent's facts every 15 s while the guest is ready).
+#[test]
+fn guest_information_follows_the_running_guest() {
+    let d = TestDaemon::start().unwrap();
+    d.ensure_tiny();
+    d.ok(&[
+        "vm", "create", "facts", "--image", "tiny", "--start", "--wait",
+    ]);
+    let vm = d.wait_ready("facts");
+    assert_eq!(vm["guest"]["hostname"], "facts", "{vm}");
+    d.sh(
+        "facts",
+        "ip addr add 192.0.2.77/24 dev eth0 && hostname renamed-guest",
+    );
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let vm = d.json(&["vm", "show", "facts"]);
+        if reported_addresses(&vm).iter().any(|a| a == "192.0.2.77/24")
+            && vm["guest"]["hostname"] == "renamed-guest"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vm show still reports the facts read at boot: {vm}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    d.ok(&["vm", "kill", "facts"]);
 }
 
 /// Everything a refused request could have created.
