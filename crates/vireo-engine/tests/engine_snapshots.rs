@@ -310,6 +310,43 @@ async fn templates_linked_and_full_clones() {
         EngineError::Conflict(_)
     ));
     assert!(e.get_vm(None, "web6").await.is_err());
+
+    // cloud-init settings given with the template replace the template's in the clone (its
+    // own seed CD-ROM); bad ones and Ignition are refused before anything is made.
+    let mut req = create_req("ci", false);
+    req.image = None;
+    req.template = Some(name("base"));
+    req.memory_mib = None;
+    req.vcpus = None;
+    req.cloud_init = Some(vireo_api::vms::CloudInitConfig {
+        user_data: Some("#cloud-config\nhostname: from-clone\n".into()),
+        ..Default::default()
+    });
+    ok(e, e.create_vm(None, req.clone(), "t").await.unwrap()).await;
+    let vm = e.get_vm(None, "ci").await.unwrap();
+    let ci = vm
+        .cloud_init
+        .as_ref()
+        .expect("the clone has cloud-init settings");
+    assert!(ci.user_data.as_deref().unwrap().contains("from-clone"));
+    let seed = vm.spec.cdroms.iter().find(|c| c.name.as_str() == "cidata");
+    assert!(
+        seed.is_some_and(|c| c.path.is_file()),
+        "{:?}",
+        vm.spec.cdroms
+    );
+    req.name = name("ci2");
+    req.cloud_init = Some(vireo_api::vms::CloudInitConfig {
+        user_data: Some("#cloud-config\nusers: [unclosed\n".into()),
+        ..Default::default()
+    });
+    let err = e.create_vm(None, req.clone(), "t").await.unwrap_err();
+    assert_eq!(err.field(), Some("cloud_init.user_data"), "{err}");
+    req.cloud_init = None;
+    req.ignition = Some(r#"{"ignition":{"version":"3.4.0"}}"#.into());
+    let err = e.create_vm(None, req, "t").await.unwrap_err();
+    assert_eq!(err.field(), Some("ignition"), "{err}");
+    assert!(e.get_vm(None, "ci2").await.is_err());
 }
 
 #[tokio::test]

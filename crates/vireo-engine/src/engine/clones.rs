@@ -523,7 +523,7 @@ impl Engine {
         let th = self.handle(&p, template.as_str()).map_err(|_| {
             EngineError::invalid("template", format!("template {template:?} not found"))
         })?;
-        let src = th.view().record;
+        let mut src = th.view().record;
         if !src.template {
             return Err(EngineError::invalid(
                 "template",
@@ -531,6 +531,18 @@ impl Engine {
                     "VM {template:?} is not a template (make it one with `vireo vm template {template}`)"
                 ),
             ));
+        }
+        if req.ignition.is_some() {
+            return Err(EngineError::invalid(
+                "ignition",
+                "ignition comes from the template; create the template's source VM with it",
+            ));
+        }
+        // cloud-init settings given here replace the template's in every clone (each still
+        // gets its own instance-id); checked by rendering before anything is made.
+        if let Some(cfg) = req.cloud_init.clone() {
+            super::cloudinit::render(&src, &cfg)?;
+            src.cloud_init = Some(cfg);
         }
         if let Some(pool) = &req.pool {
             self.pool(pool.as_str()).map_err(|_| {
