@@ -160,8 +160,20 @@ impl PoolDriver for DirPool {
 
     fn create(&self, id: Uuid, size: u64, backing: Option<&Path>) -> Result<(), StorageError> {
         let path = self.volume_path(id);
-        vireo_image::ops::create(&path, Format::Qcow2, size, backing)
-            .map_err(image(format!("creating volume {}", path.display())))
+        let spec = vireo_image::ops::CreateSpec {
+            backing: backing.map(Path::to_path_buf),
+            ..Default::default()
+        };
+        // A backing volume's own chain may go on into other pools and the image store (a
+        // clone of a template made from a disk image: clone → template volume → image).
+        vireo_image::ops::create_with_policy(
+            &path,
+            Format::Qcow2,
+            size,
+            &spec,
+            Some(&self.trusted_policy()),
+        )
+        .map_err(image(format!("creating volume {}", path.display())))
     }
 
     fn import(
@@ -260,6 +272,33 @@ mod tests {
         let p = DirPool::new(t.path().join("pool"), vec![]);
         p.init().unwrap();
         (t, p)
+    }
+
+    /// clone → template volume → image in the image store: the new volume's backing chain
+    /// leaves the backing volume's directory into another trusted one.
+    #[test]
+    fn overlay_of_a_volume_whose_chain_goes_into_the_image_store() {
+        let t = tempfile::tempdir().unwrap();
+        let images = t.path().join("images").join("debian-1");
+        std::fs::create_dir_all(&images).unwrap();
+        let image = images.join("disk.qcow2");
+        vireo_image::ops::create(&image, Format::Qcow2, 8 << 20, None).unwrap();
+        let p = DirPool::new(t.path().join("pool"), vec![t.path().join("images")]);
+        p.init().unwrap();
+        let template = Uuid::now_v7();
+        p.create(template, 0, Some(&image)).unwrap();
+        let clone = Uuid::now_v7();
+        p.create(clone, 0, Some(&p.volume_path(template))).unwrap();
+        assert_eq!(p.stat(clone).unwrap().virtual_size_bytes, 8 << 20);
+        // Directories the pool does not trust stay refused.
+        let other = t.path().join("elsewhere");
+        std::fs::create_dir_all(&other).unwrap();
+        vireo_image::ops::create(&other.join("b.qcow2"), Format::Qcow2, 8 << 20, None).unwrap();
+        let outside = Uuid::now_v7();
+        p.create(outside, 0, Some(&other.join("b.qcow2"))).unwrap();
+        assert!(p
+            .create(Uuid::now_v7(), 0, Some(&p.volume_path(outside)))
+            .is_err());
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub fn convert_with(
         opts.format,
         source.virtual_size(),
         &spec,
+        None,
     )?;
     let stats = copy(
         source.as_ref(),

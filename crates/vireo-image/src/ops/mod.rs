@@ -169,8 +169,22 @@ pub fn create_with(
     size: u64,
     spec: &CreateSpec,
 ) -> Result<(), ImageError> {
+    create_with_policy(path, format, size, spec, None)
+}
+
+/// [`create_with`] for callers that keep backing chains across directories they trust (a VM
+/// volume over a template's volume over an image in the image store): the backing file's own
+/// chain must resolve into `backing_policy`'s directories instead of the backing file's own
+/// directory (`None`: that directory, as [`create_with`]).
+pub fn create_with_policy(
+    path: &Path,
+    format: Format,
+    size: u64,
+    spec: &CreateSpec,
+    backing_policy: Option<&PathPolicy>,
+) -> Result<(), ImageError> {
     let target = TempTarget::new(path)?;
-    let sink = new_sink(target.path(), path, format, size, spec)?;
+    let sink = new_sink(target.path(), path, format, size, spec, backing_policy)?;
     sink.finish()?;
     target.commit(true)
 }
@@ -179,6 +193,7 @@ pub fn create_with(
 fn open_backing(
     image_path: &Path,
     backing: &Path,
+    policy: Option<&PathPolicy>,
 ) -> Result<(Box<dyn crate::device::BlockSource>, Format), ImageError> {
     let resolved = if backing.is_absolute() {
         backing.to_path_buf()
@@ -186,13 +201,14 @@ fn open_backing(
         image_path.parent().unwrap_or(Path::new(".")).join(backing)
     };
     // The caller chose this backing file, so its own directory is allowed; its chain is
-    // confined to that directory like any other chain.
-    let dir = resolved.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let policy = PathPolicy {
-        allowed_dirs: vec![dir],
+    // confined to that directory like any other chain unless the caller names the
+    // directories it trusts.
+    let own_dir = PathPolicy {
+        allowed_dirs: vec![resolved.parent().unwrap_or(Path::new(".")).to_path_buf()],
     };
+    let policy = policy.unwrap_or(&own_dir);
     let format = crate::detect::detect_format(&resolved)?;
-    let src = crate::detect::open(&resolved, &Limits::default(), &policy)?;
+    let src = crate::detect::open(&resolved, &Limits::default(), policy)?;
     Ok((src, format))
 }
 
@@ -204,6 +220,7 @@ pub(crate) fn new_sink(
     format: Format,
     size: u64,
     spec: &CreateSpec,
+    backing_policy: Option<&PathPolicy>,
 ) -> Result<Box<dyn BlockSink>, ImageError> {
     match format {
         Format::Qcow2 => {
@@ -211,7 +228,7 @@ pub(crate) fn new_sink(
             let mut size = size;
             let mut backing_src = None;
             if let Some(b) = &spec.backing {
-                let (src, fmt) = open_backing(final_path, b)?;
+                let (src, fmt) = open_backing(final_path, b, backing_policy)?;
                 if size == 0 {
                     size = src.virtual_size();
                 }
