@@ -6,8 +6,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use vireo_api::networks::{
     AddNicRequest, CreateNetworkRequest, Firewall, FirewallAction, FirewallDirection,
-    FirewallProtocol, FirewallRule, ForwardProtocol, Lease, NetworkInfo, NetworkType, NicDetail,
-    PortForward, Reservation, UpdateNetworkRequest, UpdateNicRequest,
+    FirewallProtocol, FirewallRule, ForwardProtocol, Ipv6Dhcp, Lease, NetworkInfo, NetworkType,
+    NicDetail, PortForward, Reservation, UpdateNetworkRequest, UpdateNicRequest,
 };
 use vireo_types::{MacAddr, Name};
 
@@ -33,6 +33,31 @@ impl From<TypeArg> for NetworkType {
     }
 }
 
+/// How guests get IPv6 addresses (`--ipv6-dhcp`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Ipv6DhcpArg {
+    /// SLAAC from router advertisements (DNS settings by stateless DHCPv6).
+    Stateless,
+    /// DHCPv6 addresses, no SLAAC (needs DHCP on).
+    Stateful,
+}
+
+impl From<Ipv6DhcpArg> for Ipv6Dhcp {
+    fn from(m: Ipv6DhcpArg) -> Self {
+        match m {
+            Ipv6DhcpArg::Stateless => Ipv6Dhcp::Stateless,
+            Ipv6DhcpArg::Stateful => Ipv6Dhcp::Stateful,
+        }
+    }
+}
+
+fn ipv6_dhcp_text(m: Ipv6Dhcp) -> &'static str {
+    match m {
+        Ipv6Dhcp::Stateless => "stateless",
+        Ipv6Dhcp::Stateful => "stateful",
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ActionArg {
     Accept,
@@ -54,7 +79,8 @@ impl From<ActionArg> for FirewallAction {
 #[derive(Debug, Args, Default)]
 pub struct FirewallArgs {
     /// Firewall rule `DIR:PROTO:PORTS:CIDR:ACTION` (repeatable, in order), e.g.
-    /// `in:icmp:::drop`, `in:tcp:22,8000-8080:10.0.0.0/8:accept`. Replaces all rules.
+    /// `in:icmp:::drop`, `in:tcp:22,8000-8080:10.0.0.0/8:accept`; an IPv6 CIDR goes in
+    /// brackets: `in:tcp:22:[fd00:1::/64]:accept`. Replaces all rules.
     #[arg(long = "rule", value_parser = parse_rule)]
     pub rules: Vec<FirewallRule>,
     /// Remove every firewall rule.
@@ -97,6 +123,16 @@ impl FirewallArgs {
 
 /// Parses `DIR:PROTO:PORTS:CIDR:ACTION` (PORTS comma-separated; empty fields = any).
 pub fn parse_rule(s: &str) -> Result<FirewallRule, String> {
+    // An IPv6 CIDR is bracketed (it contains ':'): cut it out before splitting on ':'.
+    let (s, cidr6) = match (s.find('['), s.find(']')) {
+        (Some(open), Some(close)) if open < close => (
+            format!("{}{}", &s[..open], &s[close + 1..]),
+            Some(s[open + 1..close].to_owned()),
+        ),
+        (None, None) => (s.to_owned(), None),
+        _ => return Err(format!("rule {s:?} has an unbalanced '[' or ']'")),
+    };
+    let s = s.as_str();
     let f: Vec<&str> = s.split(':').collect();
     if f.len() != 5 {
         return Err(format!(
@@ -124,7 +160,11 @@ pub fn parse_rule(s: &str) -> Result<FirewallRule, String> {
         .filter(|p| !p.is_empty())
         .map(str::to_owned)
         .collect();
-    let cidr = (!f[3].is_empty()).then(|| f[3].to_owned());
+    let cidr = match cidr6 {
+        Some(c) if f[3].is_empty() => Some(c),
+        Some(_) => return Err(format!("rule {s:?} has two CIDRs")),
+        None => (!f[3].is_empty()).then(|| f[3].to_owned()),
+    };
     let action = match f[4] {
         "accept" => FirewallAction::Accept,
         "drop" => FirewallAction::Drop,
@@ -231,6 +271,15 @@ pub struct CreateArgs {
     /// Turn DHCP/DNS off (nat, isolated).
     #[arg(long)]
     pub no_dhcp: bool,
+    /// IPv6 /64 (nat, isolated), e.g. fd00:1:2:3::/64 (unique local or global unicast).
+    #[arg(long)]
+    pub ipv6: Option<String>,
+    /// The bridge's IPv6 address; default: <prefix>::1.
+    #[arg(long, requires = "ipv6")]
+    pub ipv6_gateway: Option<std::net::Ipv6Addr>,
+    /// How guests get IPv6 addresses (default stateless = SLAAC).
+    #[arg(long, value_enum, requires = "ipv6")]
+    pub ipv6_dhcp: Option<Ipv6DhcpArg>,
     /// nat: masquerade interface; bridged: host interface to bridge; ovs: trunk port.
     #[arg(long)]
     pub uplink: Option<String>,
@@ -254,6 +303,18 @@ pub struct CreateArgs {
 #[derive(Debug, Args)]
 pub struct EditArgs {
     pub name: Name,
+    /// Give the network this IPv6 /64 (or a new one).
+    #[arg(long)]
+    pub ipv6: Option<String>,
+    /// Remove IPv6 from the network.
+    #[arg(long, conflicts_with_all = ["ipv6", "ipv6_gateway", "ipv6_dhcp"])]
+    pub no_ipv6: bool,
+    /// The bridge's IPv6 address.
+    #[arg(long)]
+    pub ipv6_gateway: Option<std::net::Ipv6Addr>,
+    /// How guests get IPv6 addresses.
+    #[arg(long, value_enum)]
+    pub ipv6_dhcp: Option<Ipv6DhcpArg>,
     /// Port forwards (replace all).
     #[arg(long = "forward", value_parser = parse_forward)]
     pub forwards: Vec<PortForward>,
@@ -283,6 +344,9 @@ pub async fn run(global: &GlobalArgs, cmd: NetworkCmd) -> anyhow::Result<u8> {
                 subnet: a.subnet,
                 gateway: a.gateway,
                 dhcp: a.no_dhcp.then_some(false),
+                ipv6: a.ipv6,
+                ipv6_gateway: a.ipv6_gateway,
+                ipv6_dhcp: a.ipv6_dhcp.map(Into::into),
                 uplink: a.uplink,
                 mtu: a.mtu,
                 domain: a.domain,
@@ -318,8 +382,15 @@ pub async fn run(global: &GlobalArgs, cmd: NetworkCmd) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot read network {}", a.name))?;
             let mut req = UpdateNetworkRequest {
                 description: a.description.clone(),
+                ipv6_gateway: a.ipv6_gateway,
+                ipv6_dhcp: a.ipv6_dhcp.map(Into::into),
                 ..Default::default()
             };
+            if a.no_ipv6 {
+                req.ipv6 = Some(None);
+            } else if let Some(c) = &a.ipv6 {
+                req.ipv6 = Some(Some(c.clone()));
+            }
             if a.firewall.touched() {
                 req.firewall = Some(a.firewall.apply(&current.firewall));
             }
@@ -493,10 +564,14 @@ pub fn rule_text(r: &FirewallRule) -> String {
         FirewallProtocol::Icmp => "icmp",
         FirewallProtocol::Any => "any",
     };
+    let cidr = match r.cidr.as_deref() {
+        Some(c) if c.contains(':') => format!("[{c}]"),
+        Some(c) => c.to_owned(),
+        None => String::new(),
+    };
     format!(
-        "{dir}:{proto}:{}:{}:{}",
+        "{dir}:{proto}:{}:{cidr}:{}",
         r.ports.join(","),
-        r.cidr.as_deref().unwrap_or(""),
         action_text(r.action)
     )
 }
@@ -525,12 +600,15 @@ fn forward_text(f: &PortForward) -> String {
 impl Tabular for [NetworkInfo] {
     fn table(&self) -> String {
         list_table(
-            &["NAME", "TYPE", "SUBNET", "BRIDGE", "DHCP", "USED BY"],
+            &[
+                "NAME", "TYPE", "SUBNET", "IPV6", "BRIDGE", "DHCP", "USED BY",
+            ],
             self.iter().map(|n| {
                 vec![
                     n.name.to_string(),
                     n.kind.as_str().to_string(),
                     or_dash(n.subnet.as_ref()),
+                    or_dash(n.ipv6.as_ref()),
                     n.bridge.clone(),
                     yes_no(n.dhcp),
                     n.used_by.len().to_string(),
@@ -549,6 +627,9 @@ impl Tabular for NetworkInfo {
             ("subnet", or_dash(self.subnet.as_ref())),
             ("gateway", or_dash(self.gateway)),
             ("dhcp", yes_no(self.dhcp)),
+            ("ipv6", or_dash(self.ipv6.as_ref())),
+            ("ipv6 gateway", or_dash(self.ipv6_gateway)),
+            ("ipv6 dhcp", or_dash(self.ipv6_dhcp.map(ipv6_dhcp_text))),
             ("uplink", or_dash(self.uplink.as_ref())),
             ("mtu", or_dash(self.mtu)),
             ("domain", self.domain.clone()),
@@ -603,13 +684,16 @@ impl Tabular for [Lease] {
 impl Tabular for [NicDetail] {
     fn table(&self) -> String {
         list_table(
-            &["NAME", "NETWORK", "MAC", "IP", "VLAN", "LINK", "TAP"],
+            &[
+                "NAME", "NETWORK", "MAC", "IP", "IPV6", "VLAN", "LINK", "TAP",
+            ],
             self.iter().map(|n| {
                 vec![
                     n.name.to_string(),
                     n.network.clone(),
                     n.mac.to_string(),
                     or_dash(n.ip),
+                    or_dash(n.ipv6),
                     or_dash(n.vlan),
                     if n.link_up { "up" } else { "down" }.to_string(),
                     or_dash(n.tap.as_ref()),
@@ -635,9 +719,14 @@ mod tests {
             "in:icmp:::drop",
             "in:tcp:22,8000-8080:10.0.0.0/8:accept",
             "out:any:::reject",
+            "in:tcp:22:[fd00:1::/64]:accept",
         ] {
             assert_eq!(rule_text(&parse_rule(s).unwrap()), s);
         }
+        let r = parse_rule("out:udp:53:[2001:db8::/32]:drop").unwrap();
+        assert_eq!(r.cidr.as_deref(), Some("2001:db8::/32"));
+        assert!(parse_rule("in:tcp:22:[fd00::/64:accept").is_err());
+        assert!(parse_rule("in:tcp:22:10.0.0.0/8[fd00::/64]:accept").is_err());
         assert!(parse_rule("in:tcp:22:drop").is_err());
         assert!(parse_rule("sideways:tcp:22::drop").is_err());
         assert!(parse_rule("in:sctp:::drop").is_err());

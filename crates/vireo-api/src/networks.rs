@@ -5,8 +5,13 @@
 //! are validated by the engine (so a bad value is a 400 naming the field, not a decode error
 //! without context); everything the engine stores about a network is echoed in
 //! [`NetworkInfo`].
+//!
+//! IPv6 is optional on nat and isolated networks: `ipv6` is a /64 (ULA `fd…` or global
+//! unicast), the bridge takes `ipv6_gateway` (default `…::1`), and every VM NIC's address is
+//! the EUI-64 address of its MAC in that /64, whether the guest forms it by SLAAC
+//! (`ipv6_dhcp: stateless`, the default) or gets it from DHCPv6 (`stateful`).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -92,7 +97,8 @@ pub struct FirewallRule {
     /// Destination ports (`"22"` or `"8000-8080"`); tcp/udp only; empty = all.
     #[serde(default)]
     pub ports: Vec<String>,
-    /// The peer as a CIDR (source for `in`, destination for `out`); absent = anywhere.
+    /// The peer as an IPv4 or IPv6 CIDR (source for `in`, destination for `out`); absent =
+    /// anywhere (both families).
     #[serde(default)]
     pub cidr: Option<String>,
     pub action: FirewallAction,
@@ -115,6 +121,29 @@ pub struct Firewall {
 pub enum ForwardProtocol {
     Tcp,
     Udp,
+}
+
+/// How guests on a network with IPv6 get their addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Ipv6Dhcp {
+    /// SLAAC from router advertisements; DNS settings over stateless DHCPv6 (router
+    /// advertisements only when the network has DHCP off).
+    #[default]
+    Stateless,
+    /// DHCPv6 hands out the addresses (router advertisements with the M flag, no SLAAC); needs
+    /// DHCP on. Useful for guests that would otherwise pick privacy addresses.
+    Stateful,
+}
+
+/// `Some(value)` for a present field, even when the value is `null` (so `null` can mean
+/// "remove" and an absent field "leave unchanged").
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// host address:port → VM address:port (nat networks).
@@ -163,6 +192,17 @@ pub struct CreateNetworkRequest {
     /// Serve DHCP (and DNS) with dnsmasq; default on for nat and isolated networks.
     #[serde(default)]
     pub dhcp: Option<bool>,
+    /// Optional IPv6 /64 (`fd00:1:2:3::/64`; unique local or global unicast) for nat and
+    /// isolated networks; must not overlap another network's or a host route's IPv6 subnet.
+    #[serde(default)]
+    pub ipv6: Option<String>,
+    /// The bridge's IPv6 address; default `<ipv6 prefix>::1`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub ipv6_gateway: Option<Ipv6Addr>,
+    /// How guests get IPv6 addresses; default `stateless` (SLAAC).
+    #[serde(default)]
+    pub ipv6_dhcp: Option<Ipv6Dhcp>,
     /// nat: the interface to masquerade behind (default: the default route's interface).
     /// bridged: the host interface Vireo enslaves to its bridge. ovs: optional trunk port.
     #[serde(default)]
@@ -187,6 +227,20 @@ pub struct CreateNetworkRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateNetworkRequest {
+    /// A new IPv6 /64, or `null` to remove IPv6 from the network.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub ipv6: Option<Option<String>>,
+    /// The bridge's IPv6 address (default `<prefix>::1` when `ipv6` changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub ipv6_gateway: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_dhcp: Option<Ipv6Dhcp>,
     #[serde(default)]
     pub reservations: Option<Vec<Reservation>>,
     #[serde(default)]
@@ -209,6 +263,14 @@ pub struct NetworkInfo {
     #[schema(value_type = Option<String>)]
     pub gateway: Option<Ipv4Addr>,
     pub dhcp: bool,
+    /// The IPv6 /64, if the network has IPv6.
+    pub ipv6: Option<String>,
+    /// The bridge's IPv6 address (DNS server; router advertisements come from its
+    /// link-local address).
+    #[schema(value_type = Option<String>)]
+    pub ipv6_gateway: Option<Ipv6Addr>,
+    /// How guests get IPv6 addresses (absent without IPv6).
+    pub ipv6_dhcp: Option<Ipv6Dhcp>,
     pub uplink: Option<String>,
     pub mtu: Option<u32>,
     pub domain: String,
@@ -229,8 +291,9 @@ pub struct NetworkInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     pub mac: MacAddr,
+    /// IPv4 address, or IPv6 address of a DHCPv6 lease (`stateful` networks).
     #[schema(value_type = String)]
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub hostname: Option<String>,
     /// Unix time the lease expires (0 = never).
     pub expires: u64,
@@ -290,6 +353,9 @@ pub struct NicDetail {
     pub link_up: bool,
     #[schema(value_type = Option<String>)]
     pub ip: Option<Ipv4Addr>,
+    /// The NIC's IPv6 address on networks with IPv6 (the EUI-64 address of its MAC).
+    #[schema(value_type = Option<String>)]
+    pub ipv6: Option<Ipv6Addr>,
     pub firewall: Firewall,
 }
 

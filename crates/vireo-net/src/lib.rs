@@ -7,6 +7,7 @@
 //! the host's own interfaces and rules are never touched.
 
 pub mod addr;
+pub mod addr6;
 pub mod bridge_vlan;
 pub mod dnsmasq;
 pub mod host;
@@ -17,4 +18,5 @@ pub mod supervise;
 pub mod tap;
 
 pub use addr::{AddrError, HostName, IfName, Ipv4Cidr, MacAddr, Mtu, VlanId};
-pub use host::{FakeHost, HostError, HostNet, IpHost, RouteInfo};
+pub use addr6::{Addr6Error, Ipv6Cidr};
+pub use host::{FakeHost, HostError, HostNet, IpHost, Route6Info, RouteInfo};

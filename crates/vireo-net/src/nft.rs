@@ -20,13 +20,24 @@
 //!   `in` = arriving from another interface. Traffic between a VM and the host itself is not
 //!   filtered (DHCP and DNS must keep working).
 //! - `ct state established,related` is accepted first, so rules decide new flows only.
-//! - The model is IPv4-only: anti-spoofed ports drop IPv6 and any non-IPv4/ARP frame.
+//! - IPv6 exists only on networks with an IPv6 subnet. There a VM's IPv6 addresses are its
+//!   EUI-64 link-local address and its EUI-64 address in the subnet (derived from its MAC, see
+//!   [`crate::addr6`]); anti-spoofing admits only those as sources (plus `::` for duplicate
+//!   address detection, router solicitation and MLD), drops router advertisements, redirects
+//!   and DHCPv6 server messages from VMs and neighbour advertisements for addresses that are
+//!   not the VM's, and the per-VM chains are keyed on those addresses too. Neighbour
+//!   discovery and MLD are accepted in the forward hook before the per-VM chains (they are
+//!   link-local plumbing, not flows a firewall rule means). Anti-spoofed ports on networks
+//!   without IPv6 drop every IPv6 frame and anything that is not IPv4/ARP.
+//! - Masquerade covers the IPv6 subnet of a nat network like its IPv4 subnet; port forwards
+//!   are IPv4 only.
 
 use crate::addr::{IfName, Ipv4Cidr, MacAddr};
+use crate::addr6::Ipv6Cidr;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::fmt::{self, Write as _};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// A ruleset model that breaks an invariant the renderer relies on.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -60,6 +71,12 @@ pub enum RulesetError {
     },
     #[error("port forward to {vm_ip} uses port 0")]
     ForwardPortZero { vm_ip: Ipv4Addr },
+    #[error("IPv6 address {addr} of {owner} is neither link-local nor in the network's IPv6 subnet ({subnet})")]
+    Address6OutsideSubnet {
+        owner: String,
+        addr: Ipv6Addr,
+        subnet: String,
+    },
 }
 
 /// Everything Vireo enforces on one host.
@@ -85,6 +102,8 @@ pub enum Uplink {
 pub struct NetworkRules {
     pub bridge: IfName,
     pub subnet: Ipv4Cidr,
+    /// The network's IPv6 /64, if it has IPv6.
+    pub subnet6: Option<Ipv6Cidr>,
     pub uplink: Uplink,
     pub default_in: Action,
     pub default_out: Action,
@@ -100,6 +119,9 @@ pub struct VmPort {
     /// The VM's IPv4 addresses on this network: the anti-spoofing allow-list and the key of
     /// its firewall chains. Empty means "not known yet": the port may only do DHCP.
     pub ips: Vec<Ipv4Addr>,
+    /// The VM's IPv6 addresses (link-local and in the network's IPv6 subnet), the same role
+    /// as `ips`; empty on networks without IPv6 (the port may not send IPv6 at all).
+    pub ips6: Vec<Ipv6Addr>,
     pub anti_spoofing: bool,
     pub default_in: Action,
     pub default_out: Action,
@@ -151,9 +173,46 @@ pub struct FirewallRule {
     pub protocol: Protocol,
     /// Destination ports (tcp/udp only); empty = all.
     pub ports: Vec<PortRange>,
-    /// The peer: source for `In`, destination for `Out`; `None` = anywhere.
-    pub peer: Option<Ipv4Cidr>,
+    /// The peer: source for `In`, destination for `Out`; `None` = anywhere (either family).
+    pub peer: Option<Cidr>,
     pub action: Action,
+}
+
+/// A firewall peer of either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cidr {
+    V4(Ipv4Cidr),
+    V6(Ipv6Cidr),
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = CidrError;
+    /// `A.B.C.D/N` or `IPV6/N`; the error keeps the more helpful of the two parse errors.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains(':') {
+            s.parse().map(Cidr::V6).map_err(CidrError::V6)
+        } else {
+            s.parse().map(Cidr::V4).map_err(CidrError::V4)
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cidr::V4(c) => c.fmt(f),
+            Cidr::V6(c) => c.fmt(f),
+        }
+    }
+}
+
+/// A firewall peer that is neither an IPv4 nor an IPv6 CIDR.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CidrError {
+    #[error(transparent)]
+    V4(crate::addr::AddrError),
+    #[error(transparent)]
+    V6(crate::addr6::Addr6Error),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +272,19 @@ impl Ruleset {
                     owner: format!("port {}", port.tap),
                     addr,
                     subnet: net.subnet,
+                });
+            }
+            if let Some(&addr) = port
+                .ips6
+                .iter()
+                .find(|ip| !is_link_local64(**ip) && !net.subnet6.is_some_and(|s| s.contains(**ip)))
+            {
+                return Err(RulesetError::Address6OutsideSubnet {
+                    owner: format!("port {}", port.tap),
+                    addr,
+                    subnet: net
+                        .subnet6
+                        .map_or_else(|| "none".to_owned(), |s| s.to_string()),
                 });
             }
             check_rules(&format!("port {}", port.tap), &port.rules)?;
@@ -300,6 +372,9 @@ fn render_inet(rs: &Ruleset, out: &mut String) {
 
     // Filter: dispatch to per-network perimeter chains and per-VM chains.
     let mut forward = vec!["ct state established,related accept".to_owned()];
+    if rs.networks.iter().any(|n| n.subnet6.is_some()) {
+        forward.push(format!("icmpv6 type {ND_AND_MLD} accept"));
+    }
     for net in &rs.networks {
         let b = &net.bridge;
         match net.uplink {
@@ -318,11 +393,18 @@ fn render_inet(rs: &Ruleset, out: &mut String) {
             }
         }
     }
-    for port in rs.ports.iter().filter(|p| !p.ips.is_empty()) {
+    for port in rs.ports.iter().filter(|p| has_chains(p)) {
         let id = port.tap.ident();
-        let ips = addr_set(&port.ips);
-        forward.push(format!("ip saddr {ips} jump vm_{id}_out"));
-        forward.push(format!("ip daddr {ips} jump vm_{id}_in"));
+        if !port.ips.is_empty() {
+            let ips = addr_set(&port.ips);
+            forward.push(format!("ip saddr {ips} jump vm_{id}_out"));
+            forward.push(format!("ip daddr {ips} jump vm_{id}_in"));
+        }
+        if !port.ips6.is_empty() {
+            let ips = addr_set(&port.ips6);
+            forward.push(format!("ip6 saddr {ips} jump vm_{id}_out"));
+            forward.push(format!("ip6 daddr {ips} jump vm_{id}_in"));
+        }
     }
     chain(
         out,
@@ -354,7 +436,7 @@ fn render_inet(rs: &Ruleset, out: &mut String) {
             chain(out, &format!("net_{id}_{}", dir_name(dir)), None, &body);
         }
     }
-    for port in rs.ports.iter().filter(|p| !p.ips.is_empty()) {
+    for port in rs.ports.iter().filter(|p| has_chains(p)) {
         let id = port.tap.ident();
         for dir in [Direction::In, Direction::Out] {
             let mut body = rules_for(&port.rules, dir);
@@ -406,6 +488,12 @@ fn render_inet(rs: &Ruleset, out: &mut String) {
                 "ip saddr {s} ip daddr != {s} oifname {} masquerade",
                 nft_string(interface)
             ));
+            if let Some(s6) = net.subnet6 {
+                post.push(format!(
+                    "ip6 saddr {s6} ip6 daddr != {s6} oifname {} masquerade",
+                    nft_string(interface)
+                ));
+            }
         }
     }
     for f in &rs.forwards {
@@ -467,10 +555,53 @@ fn render_bridge(rs: &Ruleset, out: &mut String) {
                 addr_set(&p.ips)
             ));
         }
-        body.push("ether type != { ip, arp } drop".to_owned());
+        if p.ips6.is_empty() {
+            body.push("ether type != { ip, arp } drop".to_owned());
+        } else {
+            let ips6 = addr_set(&p.ips6);
+            // Before an address is usable (duplicate address detection) these come from ::.
+            body.push(format!(
+                "ether type ip6 ip6 saddr :: icmpv6 type {UNSPECIFIED_SOURCE_OK} return"
+            ));
+            body.push(format!("ether type ip6 ip6 saddr != {ips6} drop"));
+            // VMs are neither routers nor DHCPv6 servers.
+            body.push(
+                "ether type ip6 icmpv6 type { nd-router-advert, nd-redirect } drop".to_owned(),
+            );
+            body.push("ether type ip6 udp sport 547 drop".to_owned());
+            // A neighbour advertisement's target (the 128 bits after type, code, checksum
+            // and flags) must be the VM's own address: the IPv6 form of ARP spoofing.
+            let targets: Vec<String> = p
+                .ips6
+                .iter()
+                .map(|a| format!("0x{:032x}", u128::from(*a)))
+                .collect();
+            body.push(format!(
+                "ether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != {{ {} }} drop",
+                targets.join(", ")
+            ));
+            body.push("ether type != { ip, arp, ip6 } drop".to_owned());
+        }
         chain(out, &format!("port_{}", p.tap.ident()), None, &body);
     }
     out.push_str("}\n");
+}
+
+/// Neighbour discovery and multicast listener messages (accepted in the forward hook).
+const ND_AND_MLD: &str = "{ nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query, mld-listener-report, mld2-listener-report }";
+
+/// What a VM may send from `::` (RFC 4862 DAD, RFC 4861 router solicitation, RFC 3590 MLD).
+const UNSPECIFIED_SOURCE_OK: &str =
+    "{ nd-router-solicit, nd-neighbor-solicit, mld-listener-report, mld2-listener-report }";
+
+/// Whether `ip` is in fe80::/64, where link-local addresses are formed.
+fn is_link_local64(ip: Ipv6Addr) -> bool {
+    ip.segments()[..4] == [0xfe80, 0, 0, 0]
+}
+
+/// Ports with a known address of either family get per-VM chains.
+fn has_chains(p: &VmPort) -> bool {
+    !p.ips.is_empty() || !p.ips6.is_empty()
 }
 
 fn chain(out: &mut String, name: &str, header: Option<&str>, body: &[String]) {
@@ -502,7 +633,11 @@ fn rules_for(rules: &[FirewallRule], dir: Direction) -> Vec<String> {
                     Direction::In => "saddr",
                     Direction::Out => "daddr",
                 };
-                parts.push(format!("ip {field} {peer}"));
+                let family = match peer {
+                    Cidr::V4(_) => "ip",
+                    Cidr::V6(_) => "ip6",
+                };
+                parts.push(format!("{family} {field} {peer}"));
             }
             match r.protocol {
                 Protocol::Tcp | Protocol::Udp => {
@@ -516,7 +651,12 @@ fn rules_for(rules: &[FirewallRule], dir: Direction) -> Vec<String> {
                         parts.push(format!("th dport {}", port_set(&r.ports)));
                     }
                 }
-                Protocol::Icmp => parts.push("meta l4proto icmp".to_owned()),
+                // ICMP of the peer's family; without a peer, both.
+                Protocol::Icmp => parts.push(match r.peer {
+                    Some(Cidr::V4(_)) => "meta l4proto icmp".to_owned(),
+                    Some(Cidr::V6(_)) => "meta l4proto ipv6-icmp".to_owned(),
+                    None => "meta l4proto { icmp, ipv6-icmp }".to_owned(),
+                }),
                 Protocol::Any => {}
             }
             parts.extend(default_verdict(r.action, Some(r.protocol)));
@@ -536,7 +676,7 @@ fn default_verdict(action: Action, protocol: Option<Protocol>) -> Option<String>
     }
 }
 
-fn addr_set(ips: &[Ipv4Addr]) -> String {
+fn addr_set<A: fmt::Display>(ips: &[A]) -> String {
     let items: Vec<String> = ips.iter().map(|a| a.to_string()).collect();
     format!("{{ {} }}", items.join(", "))
 }
@@ -646,6 +786,7 @@ mod tests {
         NetworkRules {
             bridge: IfName::bridge(bridge).unwrap(),
             subnet: subnet.parse().unwrap(),
+            subnet6: None,
             uplink: Uplink::Isolated,
             default_in: Action::Accept,
             default_out: Action::Accept,
@@ -659,6 +800,7 @@ mod tests {
             bridge: IfName::bridge(bridge).unwrap(),
             mac: "52:54:00:00:00:01".parse().unwrap(),
             ips: vec![ip.parse().unwrap()],
+            ips6: vec![],
             anti_spoofing: true,
             default_in: Action::Accept,
             default_out: Action::Accept,

@@ -83,6 +83,7 @@ fn bridge_with_gateway(host: &IpHost, bridge: &IfName, gw: Ipv4Addr, subnet: Ipv
             name: bridge.clone(),
             mtu: None,
             address: Some((gw, subnet)),
+            address6: None,
         }],
         &[],
     )
@@ -148,6 +149,7 @@ fn real_bridge_taps_and_reconcile() {
         name: b("vb-t"),
         mtu: Some(vireo_net::Mtu::new(1400).unwrap()),
         address: Some((Ipv4Addr::new(10, 90, 0, 1), cidr("10.90.0.0/24"))),
+        address6: None,
     }];
     let tap = |name: &str| DesiredTap {
         name: t(name),
@@ -244,6 +246,7 @@ fn real_nat_masquerade_port_forward_and_drift_repair() {
         networks: vec![NetworkRules {
             bridge: b("vb-n"),
             subnet,
+            subnet6: None,
             uplink: Uplink::Nat {
                 interface: "up0".into(),
             },
@@ -256,6 +259,7 @@ fn real_nat_masquerade_port_forward_and_drift_repair() {
             bridge: b("vb-n"),
             mac: mac.parse().unwrap(),
             ips: vec![vm_ip],
+            ips6: vec![],
             anti_spoofing: true,
             default_in: Action::Accept,
             default_out: Action::Accept,
@@ -425,6 +429,7 @@ fn real_firewall_and_anti_spoofing_between_vms() {
         bridge: b("vb-f"),
         mac: mac.parse::<MacAddr>().unwrap(),
         ips: vec![ip],
+        ips6: vec![],
         anti_spoofing: true,
         default_in: Action::Accept,
         default_out: Action::Accept,
@@ -434,6 +439,7 @@ fn real_firewall_and_anti_spoofing_between_vms() {
         networks: vec![NetworkRules {
             bridge: b("vb-f"),
             subnet,
+            subnet6: None,
             uplink: Uplink::Isolated,
             default_in: Action::Accept,
             default_out: Action::Accept,
@@ -507,6 +513,7 @@ fn real_dnsmasq_serves_dhcp_and_dns_and_is_supervised() {
         bridge: b("vb-d"),
         subnet,
         gateway: gw,
+        dhcp4: true,
         dhcp_range: Some((Ipv4Addr::new(10, 94, 0, 100), Ipv4Addr::new(10, 94, 0, 150))),
         lease_secs: 600,
         advertise_router: true,
@@ -516,7 +523,9 @@ fn real_dnsmasq_serves_dhcp_and_dns_and_is_supervised() {
             mac: mac.parse().unwrap(),
             ip: Ipv4Addr::new(10, 94, 0, 50),
             hostname: Some(HostName::new("vm1").unwrap()),
+            ip6: None,
         }],
+        ipv6: None,
         lease_file: lease_file.clone(),
         pid_file: dir.path().join("dnsmasq.pid"),
         user: "root".into(),
@@ -551,7 +560,7 @@ fn real_dnsmasq_serves_dhcp_and_dns_and_is_supervised() {
         let text = std::fs::read_to_string(&lease_file).unwrap_or_default();
         parse_leases(&text)
             .iter()
-            .any(|l| l.mac.to_string() == mac && l.ip == expected_ip)
+            .any(|l| l.mac.to_string() == mac && l.ip == std::net::IpAddr::V4(expected_ip))
     }));
 
     // DNS for the VM name, answered by the same dnsmasq.

@@ -5,17 +5,22 @@
 //! networks, the host's routes and every NIC on the host) before anything is stored or the
 //! host touched, so a rejected request changes nothing; a change that fails to apply on the
 //! host is undone (record restored, state re-applied) before the error is returned.
+//!
+//! IPv6 (optional, nat and isolated): the /64 must not overlap another network's IPv6 subnet
+//! or a host route; a nat network with IPv6 turns IPv6 forwarding on before it is stored, and
+//! the host's refusal (routes learned from router advertisements would be lost) rejects the
+//! request with the reason.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::Utc;
 use uuid::Uuid;
 use vireo_api::networks::{
-    CreateNetworkRequest, Firewall, Lease, NetworkInfo, NetworkType, UpdateNetworkRequest,
+    CreateNetworkRequest, Firewall, Ipv6Dhcp, Lease, NetworkInfo, NetworkType, UpdateNetworkRequest,
 };
-use vireo_net::Ipv4Cidr;
+use vireo_net::{Ipv4Cidr, Ipv6Cidr};
 use vireo_types::{MacAddr, Name};
 
 use super::*;
@@ -84,6 +89,9 @@ impl Engine {
                 subnet: None,
                 gateway: None,
                 dhcp: None,
+                ipv6: None,
+                ipv6_gateway: None,
+                ipv6_dhcp: None,
                 uplink: None,
                 mtu: None,
                 domain: None,
@@ -119,6 +127,9 @@ impl Engine {
             subnet: n.subnet.map(|s| s.to_string()),
             gateway: n.gateway,
             dhcp: n.dhcp,
+            ipv6: n.ipv6.map(|s| s.to_string()),
+            ipv6_gateway: n.ipv6_gateway,
+            ipv6_dhcp: n.ipv6.map(|_| n.ipv6_dhcp),
             uplink: n.uplink,
             mtu: n.mtu,
             domain: n.domain,
@@ -204,6 +215,32 @@ impl Engine {
             (None, Some(s)) => s.nth(1),
             (None, None) => None,
         };
+        let ipv6 = match (&req.ipv6, l3) {
+            (Some(s), true) => Some(self.free_ipv6_subnet(s, None).await?),
+            (Some(_), false) => {
+                return Err(EngineError::invalid(
+                    "ipv6",
+                    format!(
+                        "{} networks take their addresses from outside",
+                        req.kind.as_str()
+                    ),
+                ))
+            }
+            (None, _) => None,
+        };
+        if ipv6.is_none() && (req.ipv6_gateway.is_some() || req.ipv6_dhcp.is_some()) {
+            let field = if req.ipv6_gateway.is_some() {
+                "ipv6_gateway"
+            } else {
+                "ipv6_dhcp"
+            };
+            return Err(EngineError::invalid(field, "needs an ipv6 subnet"));
+        }
+        let ipv6_gateway = match (req.ipv6_gateway, ipv6) {
+            (Some(g), _) => Some(g),
+            (None, Some(s)) => s.nth(1),
+            (None, None) => None,
+        };
         if req.kind == NetworkType::Ovs && net.ovs().is_none() {
             return Err(EngineError::Unavailable(
                 "Open vSwitch is not running on this host (see GET /v1/host, network.detail)"
@@ -218,6 +255,9 @@ impl Engine {
             subnet,
             gateway,
             dhcp: req.dhcp.unwrap_or(l3),
+            ipv6,
+            ipv6_gateway,
+            ipv6_dhcp: req.ipv6_dhcp.unwrap_or_default(),
             uplink: req.uplink,
             mtu: req.mtu,
             domain: req.domain.unwrap_or_else(|| "vireo".into()),
@@ -262,6 +302,9 @@ impl Engine {
                 }
             }
         }
+        if record.kind == NetworkType::Nat && record.ipv6.is_some() {
+            net.enable_ipv6_forwarding().await?;
+        }
         let key = network_key(record.name.as_str());
         let name = record.name.to_string();
         let rec = record.clone();
@@ -294,6 +337,24 @@ impl Engine {
             serde_json::json!({"type": record.kind.as_str()}),
         );
         self.network_info(record, rev).await
+    }
+
+    /// Parses an IPv6 subnet for network `except` (or a new one) and checks it is a managed
+    /// /64 that overlaps no host route and no other network's IPv6 subnet.
+    async fn free_ipv6_subnet(&self, text: &str, except: Option<&str>) -> Result<Ipv6Cidr> {
+        let c: Ipv6Cidr = text
+            .parse()
+            .map_err(|e: vireo_net::Addr6Error| EngineError::invalid("ipv6", e.to_string()))?;
+        c.check_managed()
+            .map_err(|e| EngineError::invalid("ipv6", e.to_string()))?;
+        let in_use = self.net()?.subnets6_in_use(except).await?;
+        if let Some((_, what)) = in_use.iter().find(|(u, _)| u.overlaps(&c)) {
+            return Err(EngineError::invalid(
+                "ipv6",
+                format!("IPv6 subnet {c} overlaps {what}"),
+            ));
+        }
+        Ok(c)
     }
 
     /// Reservation MACs must not belong to another network's reservations or to NICs other
@@ -347,6 +408,30 @@ impl Engine {
             }
         }
         let before = record.clone();
+        match req.ipv6 {
+            Some(Some(text)) => {
+                let c = self.free_ipv6_subnet(&text, Some(name)).await?;
+                if record.ipv6 != Some(c) {
+                    record.ipv6 = Some(c);
+                    record.ipv6_gateway = c.nth(1);
+                }
+            }
+            Some(None) => {
+                record.ipv6 = None;
+                record.ipv6_gateway = None;
+                record.ipv6_dhcp = Ipv6Dhcp::default();
+            }
+            None => {}
+        }
+        if let Some(g) = req.ipv6_gateway {
+            record.ipv6_gateway = Some(g);
+        }
+        if let Some(m) = req.ipv6_dhcp {
+            if record.ipv6.is_none() {
+                return Err(EngineError::invalid("ipv6_dhcp", "needs an ipv6 subnet"));
+            }
+            record.ipv6_dhcp = m;
+        }
         if let Some(r) = req.reservations {
             record.reservations = r;
         }
@@ -361,6 +446,9 @@ impl Engine {
         }
         model::validate_network(&record).map_err(model_err)?;
         self.check_reservation_macs(&record, Some(name)).await?;
+        if record.kind == NetworkType::Nat && record.ipv6.is_some() && before.ipv6.is_none() {
+            net.enable_ipv6_forwarding().await?;
+        }
         let key = network_key(name);
         let rec = record.clone();
         let res = net
@@ -466,20 +554,28 @@ impl Engine {
                 kind: "dynamic".into(),
             })
             .collect();
-        let mut reserved: Vec<(MacAddr, Ipv4Addr, Option<String>)> = n
-            .reservations
-            .iter()
-            .map(|r| (r.mac, r.ip, r.hostname.clone()))
-            .collect();
+        // DHCPv6 hands out addresses only on stateful networks: the NIC's EUI-64 address.
+        let stateful6 = n.ipv6.filter(|_| n.ipv6_dhcp == Ipv6Dhcp::Stateful);
+        let mut reserved: Vec<(MacAddr, IpAddr, Option<String>)> = vec![];
+        let mut reserve = |mac: MacAddr, ip: IpAddr, hostname: Option<String>| {
+            reserved.push((mac, ip, hostname.clone()));
+            if let Some((_, ip6)) = stateful6.and_then(|s| model::nic_ipv6(s, mac)) {
+                reserved.push((mac, IpAddr::V6(ip6), hostname));
+            }
+        };
+        for r in &n.reservations {
+            reserve(r.mac, IpAddr::V4(r.ip), r.hostname.clone());
+        }
         for v in net.all_nics().await? {
             for a in v.nics.iter().filter(|a| a.network == n.name) {
                 if let Some(ip) = a.ip {
-                    reserved.push((a.mac, ip, Some(v.vm.to_string())));
+                    reserve(a.mac, IpAddr::V4(ip), Some(v.vm.to_string()));
                 }
             }
         }
         for (mac, ip, hostname) in reserved {
-            match out.iter_mut().find(|l| l.mac == mac) {
+            let same_family = |l: &&mut Lease| l.mac == mac && l.ip.is_ipv4() == ip.is_ipv4();
+            match out.iter_mut().find(same_family) {
                 Some(l) => l.kind = "reserved".into(),
                 None => out.push(Lease {
                     mac,
@@ -490,7 +586,7 @@ impl Engine {
                 }),
             }
         }
-        out.sort_by_key(|l| u32::from(l.ip));
+        out.sort_by_key(|l| l.ip);
         Ok(out)
     }
 

@@ -7,7 +7,7 @@
 //! name) exists before the guest can ask for a lease; a hot-add that QEMU refuses removes the
 //! tap and the records again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 use vireo_api::networks::{AddNicRequest, Firewall, NetworkType, NicDetail, UpdateNicRequest};
@@ -206,12 +206,26 @@ impl Engine {
         }
     }
 
+    /// IPv6 subnet per managed network name (for the NICs' IPv6 addresses).
+    async fn ipv6_subnets(&self) -> Result<BTreeMap<String, vireo_net::Ipv6Cidr>> {
+        let Some(net) = self.inner.net.get() else {
+            return Ok(BTreeMap::new());
+        };
+        Ok(net
+            .networks()
+            .await?
+            .into_iter()
+            .filter_map(|(n, _)| Some((n.name.to_string(), n.ipv6?)))
+            .collect())
+    }
+
     fn detail(
         &self,
         spec_nic: &NicSpec,
         network: &str,
         a: Option<&NicAttachment>,
         live: &BTreeSet<String>,
+        subnets6: &BTreeMap<String, vireo_net::Ipv6Cidr>,
     ) -> NicDetail {
         NicDetail {
             name: spec_nic.name.clone(),
@@ -222,6 +236,9 @@ impl Engine {
             mtu: a.and_then(|a| a.mtu),
             link_up: a.is_none_or(|a| a.link_up),
             ip: a.and_then(|a| a.ip),
+            ipv6: a
+                .and_then(|a| model::nic_ipv6(*subnets6.get(network)?, a.mac))
+                .map(|(_, global)| global),
             firewall: a.map(|a| a.firewall.clone()).unwrap_or_default(),
         }
     }
@@ -239,6 +256,7 @@ impl Engine {
             ),
             None => (vec![], BTreeSet::new()),
         };
+        let subnets6 = self.ipv6_subnets().await?;
         Ok(rec
             .spec
             .nics
@@ -247,7 +265,7 @@ impl Engine {
             .map(|(i, n)| {
                 let network = rec.networks.get(i).map(String::as_str).unwrap_or("");
                 let a = attachments.iter().find(|a| a.nic == n.name);
-                self.detail(n, network, a, &live)
+                self.detail(n, network, a, &live, &subnets6)
             })
             .collect())
     }
@@ -370,7 +388,8 @@ impl Engine {
             serde_json::json!({"nic": name, "network": req.network, "mac": a.mac}),
         );
         let live = net.live_taps(rec.uuid).await;
-        Ok(self.detail(&spec_nic, req.network.as_str(), Some(&a), &live))
+        let subnets6 = self.ipv6_subnets().await?;
+        Ok(self.detail(&spec_nic, req.network.as_str(), Some(&a), &live, &subnets6))
     }
 
     async fn drop_attachment(&self, uuid: Uuid, nic: &Name) {
@@ -509,7 +528,8 @@ impl Engine {
         net.refresh_live(rec.uuid, &a).await?;
         let live = net.live_taps(rec.uuid).await;
         let network = rec.networks.get(idx).cloned().unwrap_or_default();
-        Ok(self.detail(&rec.spec.nics[idx], &network, Some(&a), &live))
+        let subnets6 = self.ipv6_subnets().await?;
+        Ok(self.detail(&rec.spec.nics[idx], &network, Some(&a), &live, &subnets6))
     }
 }
 

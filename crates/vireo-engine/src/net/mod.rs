@@ -23,7 +23,7 @@ use vireo_api::networks::NetworkType;
 use vireo_net::host::{reconcile_links_keeping, reconcile_rules, HostNet};
 use vireo_net::nft::NftSnapshot;
 use vireo_net::ovs::Ovs;
-use vireo_net::{IfName, Ipv4Cidr};
+use vireo_net::{IfName, Ipv4Cidr, Ipv6Cidr};
 use vireo_types::Name;
 
 use crate::db::Db;
@@ -244,6 +244,55 @@ impl NetManager {
         Ok(out)
     }
 
+    /// Turns IPv6 forwarding on for a nat network with IPv6 (before it is stored); the host's
+    /// refusal (it would lose routes learned from router advertisements) is `Unavailable`
+    /// with the kernel-side reason, so the operator sees what to change.
+    pub async fn enable_ipv6_forwarding(&self) -> Result<()> {
+        let host = self.host.clone();
+        blocking("enabling IPv6 forwarding", move || {
+            host.enable_ipv6_forwarding().map_err(|e| match e {
+                e @ vireo_net::HostError::Ipv6ForwardingUnsafe { .. } => {
+                    EngineError::Unavailable(e.to_string())
+                }
+                e => host_err("enabling IPv6 forwarding", e),
+            })
+        })
+        .await
+    }
+
+    /// IPv6 subnets in use on the host (routes other than default, link-local, multicast and
+    /// host routes) or by other networks: the input to IPv6 overlap checks.
+    /// `except` names a network whose own subnet does not count (it is being changed).
+    pub async fn subnets6_in_use(&self, except: Option<&str>) -> Result<Vec<(Ipv6Cidr, String)>> {
+        let host = self.host.clone();
+        let routes = blocking("listing host IPv6 routes", move || {
+            host.list_routes6()
+                .map_err(|e| host_err("listing host IPv6 routes", e))
+        })
+        .await?;
+        let first = |c: &Ipv6Cidr| c.network().segments()[0];
+        let mut out: Vec<(Ipv6Cidr, String)> = routes
+            .into_iter()
+            .filter(|r| r.dst.prefix() > 0 && r.dst.prefix() < 128)
+            // fe80::/10 and ff00::/8 exist on every IPv6 link.
+            .filter(|r| first(&r.dst) & 0xffc0 != 0xfe80 && first(&r.dst) & 0xff00 != 0xff00)
+            .filter(|r| r.dev.as_deref().is_none_or(|d| IfName::owned(d).is_err()))
+            .map(|r| {
+                let what = format!("host route via {}", r.dev.as_deref().unwrap_or("?"));
+                (r.dst, what)
+            })
+            .collect();
+        for (n, _) in self.networks().await? {
+            if Some(n.name.as_str()) == except {
+                continue;
+            }
+            if let Some(s) = n.ipv6 {
+                out.push((s, format!("network {:?}", n.name.as_str())));
+            }
+        }
+        Ok(out)
+    }
+
     async fn apply_locked(&self, live: &mut Live) -> Result<()> {
         let networks: Vec<NetworkRecord> =
             self.networks().await?.into_iter().map(|(n, _)| n).collect();
@@ -324,6 +373,14 @@ impl NetManager {
                 if d.forwarding {
                     host.enable_ipv4_forwarding()
                         .map_err(|e| host_err("enabling IPv4 forwarding", e))?;
+                }
+                // Checked (and turned on) when a nat network gets IPv6; here a refusal (the
+                // host learned routes from router advertisements since) must not take IPv4
+                // and every other network down with it.
+                if d.forwarding6 {
+                    if let Err(e) = host.enable_ipv6_forwarding() {
+                        tracing::warn!(error = %crate::error::chain(&e), "IPv6 forwarding is off: nat networks route IPv4 only");
+                    }
                 }
                 Ok(())
             })

@@ -6,24 +6,28 @@
 //!   gateway, reservations, firewall and port forwards render without error;
 //! - bridge names are `vb-…` and tap names `vt-` + the NIC's 12 hex MAC digits, so every host
 //!   object Vireo creates carries its prefix and a tap name is unique exactly when its MAC is;
-//! - [`desired_state`] is deterministic for a given input (sorted maps, stable order).
+//! - [`desired_state`] is deterministic for a given input (sorted maps, stable order);
+//! - on a network with IPv6 every NIC's IPv6 addresses are functions of its MAC (EUI-64
+//!   link-local, EUI-64 address in the network's /64: [`nic_ipv6`]), so DNS, DHCPv6
+//!   reservations, anti-spoofing and firewall chains agree without storing anything.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use vireo_api::networks::{
-    Firewall, FirewallAction, FirewallDirection, FirewallProtocol, ForwardProtocol, NetworkType,
-    PortForward, Reservation,
+    Firewall, FirewallAction, FirewallDirection, FirewallProtocol, ForwardProtocol, Ipv6Dhcp,
+    NetworkType, PortForward, Reservation,
 };
-use vireo_net::dnsmasq::{self, DnsmasqConfig, Upstream};
+use vireo_net::addr6::{eui64_address, eui64_link_local};
+use vireo_net::dnsmasq::{self, DnsmasqConfig, Ipv6Mode, Ipv6Settings, Upstream};
 use vireo_net::host::{DesiredBridge, DesiredTap};
 use vireo_net::nft::{self, NetworkRules, PortRange, Ruleset, Uplink, VmPort, L4};
 use vireo_net::ovs::DesiredOvsBridge;
-use vireo_net::{HostName, IfName, Ipv4Cidr, Mtu, VlanId};
+use vireo_net::{HostName, IfName, Ipv4Cidr, Ipv6Cidr, Mtu, VlanId};
 use vireo_types::{MacAddr, Name};
 
 /// A managed network as stored under `/networks/<name>`.
@@ -36,6 +40,14 @@ pub struct NetworkRecord {
     pub subnet: Option<Ipv4Cidr>,
     pub gateway: Option<Ipv4Addr>,
     pub dhcp: bool,
+    /// Optional IPv6 /64 (nat and isolated networks).
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Cidr>,
+    /// The bridge's IPv6 address (set exactly when `ipv6` is).
+    #[serde(default)]
+    pub ipv6_gateway: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub ipv6_dhcp: Ipv6Dhcp,
     /// nat: masquerade interface (resolved at apply time when `None`); bridged: enslaved
     /// interface; ovs: trunk port.
     pub uplink: Option<String>,
@@ -110,6 +122,13 @@ pub fn bridge_name(network: &Name) -> String {
     format!("vb-{head}-{:04x}", h & 0xffff)
 }
 
+/// A NIC's IPv6 addresses on a network with the /64 `subnet`: (link-local, global), both
+/// EUI-64 addresses of `mac`.
+pub fn nic_ipv6(subnet: Ipv6Cidr, mac: MacAddr) -> Option<(Ipv6Addr, Ipv6Addr)> {
+    let mac = vireo_net::MacAddr::new(mac.0).ok()?;
+    Some((eui64_link_local(mac), eui64_address(subnet, mac)?))
+}
+
 /// Parses `"80"` or `"8000-8080"`.
 pub fn parse_port_range(s: &str) -> Option<PortRange> {
     let (a, b) = s.split_once('-').unwrap_or((s, s));
@@ -163,7 +182,7 @@ pub fn firewall_rules(
             }
             let peer = match &r.cidr {
                 Some(c) => Some(
-                    c.parse::<Ipv4Cidr>()
+                    c.parse::<nft::Cidr>()
                         .map_err(|e| bad(field, format!("rule {i}: {e}")))?,
                 ),
                 None => None,
@@ -214,8 +233,33 @@ pub fn validate_network(n: &NetworkRecord) -> Result<(), ModelError> {
                 }
                 check_ifname(u, "uplink")?;
             }
+            if let Some(s6) = n.ipv6 {
+                s6.check_managed().map_err(|e| bad("ipv6", e.to_string()))?;
+                let gw6 = n
+                    .ipv6_gateway
+                    .ok_or_else(|| bad("ipv6_gateway", "missing IPv6 gateway"))?;
+                s6.check_host_address(gw6)
+                    .map_err(|e| bad("ipv6_gateway", e.to_string()))?;
+                if n.ipv6_dhcp == Ipv6Dhcp::Stateful && !n.dhcp {
+                    return Err(bad(
+                        "ipv6_dhcp",
+                        "stateful DHCPv6 needs DHCP on the network",
+                    ));
+                }
+            } else if n.ipv6_gateway.is_some() {
+                return Err(bad("ipv6_gateway", "an IPv6 gateway needs an ipv6 subnet"));
+            }
         }
         NetworkType::Bridged | NetworkType::Ovs => {
+            if n.ipv6.is_some() || n.ipv6_gateway.is_some() {
+                return Err(bad(
+                    "ipv6",
+                    format!(
+                        "{} networks take addresses from outside: no ipv6 subnet",
+                        n.kind.as_str()
+                    ),
+                ));
+            }
             if n.subnet.is_some() || n.gateway.is_some() || n.dhcp {
                 return Err(bad(
                     "subnet",
@@ -305,6 +349,8 @@ pub struct DesiredState {
     /// dnsmasq config text per network with DHCP.
     pub dnsmasq: BTreeMap<String, String>,
     pub forwarding: bool,
+    /// A nat network has IPv6: IPv6 forwarding must be on.
+    pub forwarding6: bool,
 }
 
 /// Where a network's dnsmasq files live.
@@ -338,6 +384,7 @@ pub fn desired_state(
         ruleset: Ruleset::default(),
         dnsmasq: BTreeMap::new(),
         forwarding: false,
+        forwarding6: false,
     };
     let by_name: BTreeMap<&str, &NetworkRecord> =
         networks.iter().map(|n| (n.name.as_str(), n)).collect();
@@ -361,14 +408,17 @@ pub fn desired_state(
             (Some(s), Some(g)) => Some((g, s)),
             _ => None,
         };
+        let address6 = n.ipv6.zip(n.ipv6_gateway).map(|(s, g)| (g, s));
         st.bridges.push(DesiredBridge {
             name: bridge.clone(),
             mtu,
             address,
+            address6,
         });
         let uplink = match n.kind {
             NetworkType::Nat => {
                 st.forwarding = true;
+                st.forwarding6 |= n.ipv6.is_some();
                 match n.uplink.clone().or_else(|| uplink_of(n)) {
                     Some(interface) => Uplink::Nat { interface },
                     // No route out yet: VMs still reach each other and the host.
@@ -389,6 +439,7 @@ pub fn desired_state(
                 Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0)
                     .map_err(|e| bad("subnet", e.to_string()))?,
             ),
+            subnet6: n.ipv6,
             uplink,
             default_in: action(n.firewall.default_in),
             default_out: action(n.firewall.default_out),
@@ -407,11 +458,13 @@ pub fn desired_state(
                 vm_port: f.target_port,
             });
         }
-        if n.dhcp {
+        // dnsmasq serves DHCP and DNS, and sends IPv6 router advertisements.
+        if n.dhcp || n.ipv6.is_some() {
             let (subnet, gateway) = match (n.subnet, n.gateway) {
                 (Some(s), Some(g)) => (s, g),
                 _ => return Err(bad("dhcp", "DHCP needs a subnet and a gateway")),
             };
+            let ip6_of = |mac: MacAddr| n.ipv6.and_then(|s| nic_ipv6(s, mac)).map(|(_, g)| g);
             let (_, lease_file, pid_file) = dnsmasq_paths(net_dir, n.name.as_str());
             let mut reservations = vec![];
             for r in &n.reservations {
@@ -424,6 +477,7 @@ pub fn desired_state(
                         .map(HostName::new)
                         .transpose()
                         .map_err(|e| bad("reservations", e.to_string()))?,
+                    ip6: ip6_of(r.mac),
                 });
             }
             // VM NICs: the VM's name is its DNS name on the first NIC it has here.
@@ -443,6 +497,7 @@ pub fn desired_state(
                     mac: net_mac(a.mac)?,
                     ip,
                     hostname,
+                    ip6: ip6_of(a.mac),
                 });
             }
             let size = subnet.size();
@@ -453,6 +508,7 @@ pub fn desired_state(
                 bridge: bridge.clone(),
                 subnet,
                 gateway,
+                dhcp4: n.dhcp,
                 dhcp_range: first.zip(last),
                 lease_secs: 3600,
                 advertise_router: n.kind == NetworkType::Nat,
@@ -463,6 +519,18 @@ pub fn desired_state(
                     Upstream::None
                 },
                 reservations,
+                ipv6: n
+                    .ipv6
+                    .zip(n.ipv6_gateway)
+                    .map(|(subnet, address)| Ipv6Settings {
+                        subnet,
+                        address,
+                        mode: match (n.ipv6_dhcp, n.dhcp) {
+                            (Ipv6Dhcp::Stateful, _) => Ipv6Mode::Stateful,
+                            (Ipv6Dhcp::Stateless, true) => Ipv6Mode::Stateless,
+                            (Ipv6Dhcp::Stateless, false) => Ipv6Mode::RaOnly,
+                        },
+                    }),
                 lease_file,
                 pid_file,
                 user: dnsmasq_user.to_owned(),
@@ -514,6 +582,11 @@ pub fn desired_state(
             bridge,
             mac: net_mac(a.mac)?,
             ips: a.ip.into_iter().collect(),
+            ips6: n
+                .ipv6
+                .and_then(|s| nic_ipv6(s, a.mac))
+                .map(|(ll, g)| vec![ll, g])
+                .unwrap_or_default(),
             // Bridged networks get their addresses from outside: Vireo cannot know them.
             anti_spoofing: n.kind != NetworkType::Bridged,
             default_in: action(a.firewall.default_in),
@@ -559,6 +632,9 @@ mod tests {
             subnet: Some(s),
             gateway: s.nth(1),
             dhcp: true,
+            ipv6: None,
+            ipv6_gateway: None,
+            ipv6_dhcp: Ipv6Dhcp::Stateless,
             uplink: None,
             mtu: None,
             domain: "vireo".into(),

@@ -12,8 +12,15 @@ pub struct FakeHost {
 pub struct FakeState {
     pub links: BTreeMap<String, LinkInfo>,
     pub addresses: BTreeMap<String, Vec<(Ipv4Addr, u8)>>,
+    /// Global IPv6 addresses per link (`set_bridge_ipv6`).
+    pub addresses6: BTreeMap<String, Vec<(Ipv6Addr, u8)>>,
     pub nft: Option<String>,
     pub forwarding: bool,
+    pub forwarding6: bool,
+    /// IPv6 routes `list_routes6` reports (tests set them).
+    pub routes6: Vec<Route6Info>,
+    /// Interfaces whose `accept_ra` `enable_ipv6_forwarding` sees as 1 (others: 2).
+    pub accept_ra_1: Vec<String>,
     pub dnsmasq: BTreeMap<String, PathBuf>,
     /// Routes `list_routes` reports (tests set them).
     pub routes: Vec<RouteInfo>,
@@ -104,6 +111,7 @@ impl HostNet for FakeHost {
             });
         }
         st.addresses.remove(name.as_str());
+        st.addresses6.remove(name.as_str());
         st.calls.push(format!("delete_link {name}"));
         Ok(())
     }
@@ -175,6 +183,65 @@ impl HostNet for FakeHost {
     fn enable_ipv4_forwarding(&self) -> Result<(), HostError> {
         self.lock().forwarding = true;
         Ok(())
+    }
+
+    fn enable_ipv6_forwarding(&self) -> Result<(), HostError> {
+        let mut st = self.lock();
+        if st.forwarding6 {
+            return Ok(());
+        }
+        let accept_ra_1 = st.accept_ra_1.clone();
+        let conflicts = ra_forwarding_conflicts(&st.routes6, &|d| {
+            Some(if accept_ra_1.iter().any(|x| x == d) {
+                1
+            } else {
+                2
+            })
+        });
+        if !conflicts.is_empty() {
+            return Err(HostError::Ipv6ForwardingUnsafe {
+                interfaces: conflicts,
+            });
+        }
+        st.forwarding6 = true;
+        st.calls.push("enable_ipv6_forwarding".into());
+        Ok(())
+    }
+
+    fn set_bridge_ipv6(
+        &self,
+        bridge: &IfName,
+        address: Option<(Ipv6Addr, Ipv6Cidr)>,
+    ) -> Result<(), HostError> {
+        let mut st = self.lock();
+        if !st.links.contains_key(bridge.as_str()) {
+            return Err(HostError::Fake {
+                what: format!("no link {bridge}"),
+            });
+        }
+        let wanted: Vec<(Ipv6Addr, u8)> =
+            address.map(|(a, s)| (a, s.prefix())).into_iter().collect();
+        let current = st
+            .addresses6
+            .get(bridge.as_str())
+            .cloned()
+            .unwrap_or_default();
+        if current != wanted {
+            st.calls.push(format!(
+                "set_bridge_ipv6 {bridge} {}",
+                address.map_or_else(|| "none".to_owned(), |(a, _)| a.to_string())
+            ));
+        }
+        if wanted.is_empty() {
+            st.addresses6.remove(bridge.as_str());
+        } else {
+            st.addresses6.insert(bridge.to_string(), wanted);
+        }
+        Ok(())
+    }
+
+    fn list_routes6(&self) -> Result<Vec<Route6Info>, HostError> {
+        Ok(self.lock().routes6.clone())
     }
 
     fn start_dnsmasq(&self, network: &str, conf_file: &Path) -> Result<(), HostError> {

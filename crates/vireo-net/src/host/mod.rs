@@ -10,8 +10,17 @@
 //! Vireo-owned names ([`IfName`]: `vb-`/`vt-` prefixes), so nothing outside Vireo's objects
 //! can be removed. Calls are blocking (they spawn short-lived processes); async callers should
 //! use `spawn_blocking`.
+//!
+//! IPv6: addresses go on Vireo bridges only ([`HostNet::set_bridge_ipv6`], `nodad` so dnsmasq
+//! can bind at once), and that call also turns off router-advertisement acceptance on the
+//! bridge (the host is the router of that segment). [`HostNet::enable_ipv6_forwarding`] is the
+//! IPv6 twin of the IPv4 forwarding switch (the namespace-wide `all.forwarding`, which the
+//! kernel requires for forwarding); because it makes interfaces with `accept_ra = 1` ignore
+//! router advertisements, it refuses while such an interface holds routes learned from them
+//! rather than silently cutting the host off (set `accept_ra = 2` there first).
 
 use crate::addr::{IfName, Ipv4Cidr, Mtu, VlanId, BRIDGE_PREFIX, TAP_PREFIX};
+use crate::addr6::Ipv6Cidr;
 use crate::bridge_vlan::{self, NetlinkSocket, VlanError};
 use crate::nft::{NftSnapshot, SnapshotError};
 use crate::supervise::{ChildStatus, SuperviseError, Supervisor};
@@ -19,7 +28,7 @@ use crate::tap::{self, TapError};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -51,6 +60,17 @@ pub enum HostError {
     Snapshot(#[source] SnapshotError),
     #[error("enable IPv4 forwarding")]
     Forwarding(#[source] std::io::Error),
+    #[error("{what} (IPv6 sysctl)")]
+    Sysctl6 {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "enabling IPv6 forwarding would make {} ignore router advertisements and lose the routes learned from them; set net.ipv6.conf.<interface>.accept_ra=2 there first",
+        interfaces.join(", ")
+    )]
+    Ipv6ForwardingUnsafe { interfaces: Vec<String> },
     #[error("start dnsmasq for network {network}")]
     Dnsmasq {
         network: String,
@@ -101,6 +121,19 @@ pub trait HostNet: Send + Sync {
     /// Reads Vireo's tables back (empty snapshot if absent).
     fn nft_snapshot(&self) -> Result<NftSnapshot, HostError>;
     fn enable_ipv4_forwarding(&self) -> Result<(), HostError>;
+    /// Turns IPv6 forwarding on (namespace-wide, as for IPv4) unless that would drop routes
+    /// learned from router advertisements (see the module docs); no-op when already on.
+    fn enable_ipv6_forwarding(&self) -> Result<(), HostError>;
+    /// Makes `address` (with its subnet's prefix, `nodad`) the only global IPv6 address of
+    /// the Vireo bridge `bridge`, or removes every global one (`None`). With an address the
+    /// bridge also stops accepting router advertisements and has IPv6 enabled.
+    fn set_bridge_ipv6(
+        &self,
+        bridge: &IfName,
+        address: Option<(Ipv6Addr, Ipv6Cidr)>,
+    ) -> Result<(), HostError>;
+    /// The IPv6 routes of every table.
+    fn list_routes6(&self) -> Result<Vec<Route6Info>, HostError>;
     /// Starts (or restarts with a new config) supervised dnsmasq for `network`.
     fn start_dnsmasq(&self, network: &str, conf_file: &Path) -> Result<(), HostError>;
     /// Stops dnsmasq for `network`; no-op if not running.
@@ -124,6 +157,95 @@ pub struct RouteInfo {
     pub dst: Ipv4Cidr,
     /// Output interface, when the route names one.
     pub dev: Option<String>,
+}
+
+/// An IPv6 route as listed by the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route6Info {
+    /// Destination; `::/0` for default routes.
+    pub dst: Ipv6Cidr,
+    pub dev: Option<String>,
+    /// Learned from a router advertisement (`proto ra`).
+    pub from_ra: bool,
+}
+
+#[derive(Deserialize)]
+struct IpRoute6 {
+    dst: String,
+    #[serde(default)]
+    dev: Option<String>,
+    #[serde(default)]
+    protocol: Option<String>,
+}
+
+/// Parses `ip -j -6 route show table all` output (pure). Host routes parse as /128;
+/// unparsable entries are skipped.
+pub fn parse_ip_routes6(json: &str) -> Result<Vec<Route6Info>, serde_json::Error> {
+    let routes: Vec<IpRoute6> = serde_json::from_str(json)?;
+    Ok(routes
+        .into_iter()
+        .filter_map(|r| {
+            let dst = if r.dst == "default" {
+                Ipv6Cidr::new(Ipv6Addr::UNSPECIFIED, 0).ok()?
+            } else if let Some((a, p)) = r.dst.split_once('/') {
+                Ipv6Cidr::containing(a.parse().ok()?, p.parse().ok()?).ok()?
+            } else {
+                Ipv6Cidr::new(r.dst.parse().ok()?, 128).ok()?
+            };
+            Some(Route6Info {
+                dst,
+                dev: r.dev,
+                from_ra: r.protocol.as_deref() == Some("ra"),
+            })
+        })
+        .collect())
+}
+
+/// Interfaces that would lose routes if IPv6 forwarding went on (pure): those holding a
+/// route learned from a router advertisement whose `accept_ra` (as `accept_ra_of` reads it)
+/// is not 2 ("accept even when forwarding"). Sorted, without duplicates.
+pub fn ra_forwarding_conflicts(
+    routes: &[Route6Info],
+    accept_ra_of: &dyn Fn(&str) -> Option<u8>,
+) -> Vec<String> {
+    let devs: BTreeSet<&str> = routes
+        .iter()
+        .filter(|r| r.from_ra)
+        .filter_map(|r| r.dev.as_deref())
+        .collect();
+    devs.into_iter()
+        .filter(|d| accept_ra_of(d) != Some(2))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct IpAddrList {
+    #[serde(default)]
+    addr_info: Vec<IpAddrInfo>,
+}
+
+#[derive(Deserialize)]
+struct IpAddrInfo {
+    #[serde(default)]
+    family: String,
+    #[serde(default)]
+    local: String,
+    #[serde(default)]
+    prefixlen: u8,
+    #[serde(default)]
+    scope: String,
+}
+
+/// The global IPv6 addresses in `ip -j -6 addr show dev X` output (pure).
+pub fn parse_global_ipv6(json: &str) -> Result<Vec<(Ipv6Addr, u8)>, serde_json::Error> {
+    let links: Vec<IpAddrList> = serde_json::from_str(json)?;
+    Ok(links
+        .into_iter()
+        .flat_map(|l| l.addr_info)
+        .filter(|a| a.family == "inet6" && a.scope == "global")
+        .filter_map(|a| Some((a.local.parse().ok()?, a.prefixlen)))
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -242,6 +364,33 @@ impl IpHost {
         };
         res.map_err(|source| HostError::Vlan {
             link: link.to_owned(),
+            source,
+        })
+    }
+
+    /// Reads a `/proc/sys` file in this host's namespace.
+    fn read_sysctl(&self, path: &str) -> Result<String, HostError> {
+        let read = || std::fs::read_to_string(path);
+        let res = match &self.netns {
+            None => read(),
+            // /proc/sys/net resolves against the opening thread's namespace.
+            Some(ns) => tap::in_netns(ns, read).map_err(HostError::Tap)?,
+        };
+        res.map_err(|source| HostError::Sysctl6 {
+            what: format!("read {path}"),
+            source,
+        })
+    }
+
+    /// Writes a `/proc/sys` file in this host's namespace.
+    fn write_sysctl(&self, path: &str, value: &str) -> Result<(), HostError> {
+        let write = || std::fs::write(path, format!("{value}\n"));
+        let res = match &self.netns {
+            None => write(),
+            Some(ns) => tap::in_netns(ns, write).map_err(HostError::Tap)?,
+        };
+        res.map_err(|source| HostError::Sysctl6 {
+            what: format!("write {value} to {path}"),
             source,
         })
     }
@@ -435,6 +584,57 @@ impl HostNet for IpHost {
         }
     }
 
+    fn enable_ipv6_forwarding(&self) -> Result<(), HostError> {
+        let all = "/proc/sys/net/ipv6/conf/all/forwarding";
+        if self.read_sysctl(all)?.trim() == "1" {
+            return Ok(());
+        }
+        let routes = self.list_routes6()?;
+        let conflicts = ra_forwarding_conflicts(&routes, &|dev| {
+            check_link(dev).ok()?;
+            self.read_sysctl(&format!("/proc/sys/net/ipv6/conf/{dev}/accept_ra"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        });
+        if !conflicts.is_empty() {
+            return Err(HostError::Ipv6ForwardingUnsafe {
+                interfaces: conflicts,
+            });
+        }
+        self.write_sysctl(all, "1")
+    }
+
+    fn set_bridge_ipv6(
+        &self,
+        bridge: &IfName,
+        address: Option<(Ipv6Addr, Ipv6Cidr)>,
+    ) -> Result<(), HostError> {
+        let dev = bridge.as_str();
+        if address.is_some() {
+            let conf = format!("/proc/sys/net/ipv6/conf/{dev}");
+            self.write_sysctl(&format!("{conf}/disable_ipv6"), "0")?;
+            self.write_sysctl(&format!("{conf}/accept_ra"), "0")?;
+        }
+        let json = self.ip(&["-j", "-6", "addr", "show", "dev", dev, "scope", "global"])?;
+        let current = parse_global_ipv6(&json).map_err(HostError::LinkJson)?;
+        let wanted = address.map(|(a, s)| (a, s.prefix()));
+        for (a, p) in current.iter().filter(|c| Some(**c) != wanted) {
+            self.ip(&["-6", "addr", "del", &format!("{a}/{p}"), "dev", dev])?;
+        }
+        if let Some((a, p)) = wanted {
+            let cidr = format!("{a}/{p}");
+            self.ip(&["-6", "addr", "replace", &cidr, "dev", dev, "nodad"])?;
+        }
+        Ok(())
+    }
+
+    fn list_routes6(&self) -> Result<Vec<Route6Info>, HostError> {
+        let json = self.ip(&["-j", "-6", "route", "show", "table", "all"])?;
+        parse_ip_routes6(&json).map_err(HostError::LinkJson)
+    }
+
     fn start_dnsmasq(&self, network: &str, conf_file: &Path) -> Result<(), HostError> {
         // Restart semantics: the old instance (if any) is stopped before the new one binds.
         if let Some(mut old) = self.supervisors().remove(network) {
@@ -575,6 +775,8 @@ pub struct DesiredBridge {
     pub mtu: Option<Mtu>,
     /// Gateway address and subnet (`None` for bridges without a host address).
     pub address: Option<(Ipv4Addr, Ipv4Cidr)>,
+    /// The bridge's IPv6 address and /64 (`None`: no global IPv6 address on the bridge).
+    pub address6: Option<(Ipv6Addr, Ipv6Cidr)>,
 }
 
 /// A tap Vireo wants to exist, attached to `bridge`.
@@ -651,6 +853,7 @@ pub fn reconcile_links_keeping(
             host.add_address(b.name.as_str(), addr, subnet)?;
         }
         host.set_up(b.name.as_str(), true)?;
+        host.set_bridge_ipv6(&b.name, b.address6)?;
     }
     for t in taps {
         if !existing.contains(t.name.as_str()) {
@@ -759,6 +962,36 @@ mod tests {
     }
 
     #[test]
+    fn parses_ipv6_routes_and_addresses() {
+        let json = r#"[{"dst":"default","gateway":"fe80::1","dev":"eth0","protocol":"ra"},
+            {"dst":"2001:db8:1::/64","dev":"eth0","protocol":"ra"},
+            {"dst":"fd00:5::/64","dev":"vb-x","protocol":"kernel"},
+            {"type":"local","dst":"fd00:5::1","table":"local","dev":"vb-x","protocol":"kernel"},
+            {"dst":"fe80::/64","dev":"wlan0","protocol":"ra"},
+            {"dst":"10.0.0.0/8"}]"#;
+        let routes = parse_ip_routes6(json).unwrap();
+        assert_eq!(routes.len(), 5);
+        assert_eq!(routes[0].dst.prefix(), 0);
+        assert!(routes[0].from_ra && !routes[2].from_ra);
+        assert_eq!(routes[3].dst, "fd00:5::1/128".parse().unwrap());
+        let accept_ra = |d: &str| match d {
+            "eth0" => Some(1),
+            "wlan0" => Some(2),
+            _ => None,
+        };
+        assert_eq!(ra_forwarding_conflicts(&routes, &accept_ra), vec!["eth0"]);
+        assert!(ra_forwarding_conflicts(&routes[2..4], &accept_ra).is_empty());
+        let addrs = r#"[{"ifindex":4,"ifname":"vb-x","addr_info":[
+            {"family":"inet6","local":"fd00:5::1","prefixlen":64,"scope":"global"},
+            {"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}]}]"#;
+        assert_eq!(
+            parse_global_ipv6(addrs).unwrap(),
+            vec![("fd00:5::1".parse().unwrap(), 64)]
+        );
+        assert!(parse_global_ipv6("[]").unwrap().is_empty());
+    }
+
+    #[test]
     fn parses_ip_link_json() {
         let json = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"mtu":65536},
             {"ifindex":5,"ifname":"vt-a","flags":["BROADCAST","MULTICAST"],"mtu":1500,"master":"vb-x",
@@ -785,6 +1018,7 @@ mod tests {
             name: IfName::bridge("vb-keep").unwrap(),
             mtu: Some(Mtu::new(1400).unwrap()),
             address: Some((Ipv4Addr::new(10, 0, 0, 1), subnet)),
+            address6: Some(("fd00:1::1".parse().unwrap(), "fd00:1::/64".parse().unwrap())),
         }];
         let taps = [DesiredTap {
             name: IfName::tap("vt-new").unwrap(),
@@ -807,6 +1041,10 @@ mod tests {
         assert_eq!(
             st.addresses["vb-keep"],
             vec![(Ipv4Addr::new(10, 0, 0, 1), 24)]
+        );
+        assert_eq!(
+            st.addresses6["vb-keep"],
+            vec![("fd00:1::1".parse::<Ipv6Addr>().unwrap(), 64)]
         );
         // A second pass changes nothing structurally.
         let again = reconcile_links(&host, &bridges, &taps).unwrap();
