@@ -718,6 +718,56 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_validation() {
+        let with6 = |subnet: &str, gw: &str| {
+            let mut n = nat("lan", "10.9.0.0/24");
+            n.ipv6 = Some(subnet.parse().unwrap());
+            n.ipv6_gateway = Some(gw.parse().unwrap());
+            n
+        };
+        assert_eq!(validate_network(&with6("fd00:9::/64", "fd00:9::1")), Ok(()));
+        let field = |n: &NetworkRecord| validate_network(n).unwrap_err().field;
+        assert_eq!(field(&with6("fd00:9::/56", "fd00:9::1")), "ipv6");
+        assert_eq!(field(&with6("fe80::/64", "fe80::1")), "ipv6");
+        assert_eq!(field(&with6("fd00:9::/64", "fd00:8::1")), "ipv6_gateway");
+        assert_eq!(field(&with6("fd00:9::/64", "fd00:9::")), "ipv6_gateway");
+        let mut n = with6("fd00:9::/64", "fd00:9::1");
+        n.ipv6_gateway = None;
+        assert_eq!(field(&n), "ipv6_gateway");
+        let mut n = with6("fd00:9::/64", "fd00:9::1");
+        (n.dhcp, n.ipv6_dhcp) = (false, Ipv6Dhcp::Stateful);
+        assert_eq!(field(&n), "ipv6_dhcp");
+        n.ipv6_dhcp = Ipv6Dhcp::Stateless;
+        assert_eq!(validate_network(&n), Ok(()), "RA without DHCP");
+        let mut n = with6("fd00:9::/64", "fd00:9::1");
+        (n.kind, n.subnet, n.gateway, n.dhcp) = (NetworkType::Ovs, None, None, false);
+        assert_eq!(field(&n), "ipv6");
+        let mut n = nat("lan", "10.9.0.0/24");
+        n.ipv6_gateway = Some("fd00:9::1".parse().unwrap());
+        assert_eq!(field(&n), "ipv6_gateway");
+        // IPv6 firewall peers parse; garbage does not.
+        let mut n = with6("fd00:9::/64", "fd00:9::1");
+        n.firewall.rules.push(vireo_api::networks::FirewallRule {
+            direction: FirewallDirection::In,
+            protocol: FirewallProtocol::Tcp,
+            ports: vec!["22".into()],
+            cidr: Some("2001:db8::/32".into()),
+            action: FirewallAction::Accept,
+        });
+        assert_eq!(validate_network(&n), Ok(()));
+        n.firewall.rules[0].cidr = Some("2001:db8::1/32".into());
+        assert_eq!(field(&n), "firewall");
+    }
+
+    #[test]
+    fn nic_ipv6_is_the_eui64_address() {
+        let mac: MacAddr = "0a:76:72:01:02:03".parse().unwrap();
+        let (ll, g) = nic_ipv6("fd00:9::/64".parse().unwrap(), mac).unwrap();
+        assert_eq!(ll, "fe80::876:72ff:fe01:203".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(g, "fd00:9::876:72ff:fe01:203".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
     fn desired_state_has_bridges_taps_rules_and_dnsmasq() {
         let n = nat("lan", "10.9.0.0/24");
         let mac: MacAddr = "0a:76:72:01:02:03".parse().unwrap();
