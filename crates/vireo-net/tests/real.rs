@@ -764,14 +764,21 @@ fn real_dnsmasq_stateful_dhcpv6_reserves_the_eui64_address() {
         "dhclient -6: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // dhclient stays in the background to renew: end it by its pid file.
-    if let Some(pid) = std::fs::read_to_string(&cl_pid)
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    {
-        // SAFETY: plain signal to the dhclient this test started.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
+    // dhclient stays in the background to renew: end it by its pid file (written by the
+    // forked child, possibly just after the parent returned).
+    let mut pid = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        pid = std::fs::read_to_string(&cl_pid)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        pid.is_some()
+    }));
+    let pid = pid.unwrap();
+    // SAFETY: plain signals to the dhclient this test started (0 only probes).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(wait_until(Duration::from_secs(5), || unsafe {
+        libc::kill(pid, 0) != 0
+    }));
     let got = std::fs::read_to_string(&cl_leases).unwrap_or_default();
     assert!(
         got.contains(&format!("iaaddr {want} ")),
