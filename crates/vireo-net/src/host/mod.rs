@@ -237,8 +237,12 @@ struct IpAddrInfo {
     scope: String,
 }
 
-/// The global IPv6 addresses in `ip -j -6 addr show dev X` output (pure).
+/// The global IPv6 addresses in `ip -j -6 addr show dev X` output (pure; empty output, which
+/// `ip` prints for a link without IPv6, is no addresses).
 pub fn parse_global_ipv6(json: &str) -> Result<Vec<(Ipv6Addr, u8)>, serde_json::Error> {
+    if json.trim().is_empty() {
+        return Ok(vec![]);
+    }
     let links: Vec<IpAddrList> = serde_json::from_str(json)?;
     Ok(links
         .into_iter()
@@ -612,6 +616,10 @@ impl HostNet for IpHost {
         address: Option<(Ipv6Addr, Ipv6Cidr)>,
     ) -> Result<(), HostError> {
         let dev = bridge.as_str();
+        if address.is_none() && !Path::new("/proc/sys/net/ipv6").exists() {
+            // A kernel without IPv6 has no IPv6 addresses to remove.
+            return Ok(());
+        }
         if address.is_some() {
             let conf = format!("/proc/sys/net/ipv6/conf/{dev}");
             self.write_sysctl(&format!("{conf}/disable_ipv6"), "0")?;
@@ -989,6 +997,8 @@ mod tests {
             vec![("fd00:5::1".parse().unwrap(), 64)]
         );
         assert!(parse_global_ipv6("[]").unwrap().is_empty());
+        assert!(parse_global_ipv6("\n").unwrap().is_empty());
+        assert!(parse_global_ipv6("[{").is_err());
     }
 
     #[test]
