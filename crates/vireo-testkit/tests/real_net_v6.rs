@@ -5,7 +5,9 @@
 //! busybox has no DHCPv6 client, so addresses come by SLAAC) get their EUI-64 addresses from
 //! dnsmasq's router advertisements, reach each other over IPv6 by address and name, reach a
 //! TCP listener outside through masquerade, and are held to their own addresses by
-//! anti-spoofing and to their firewall rules. Nothing here touches the host's own namespace.
+//! anti-spoofing and to their firewall rules; a guest on an isolated network gets the prefix
+//! but no default route, and everything survives a daemon restart. Nothing here touches the
+//! host's own namespace.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -301,8 +303,72 @@ fn real_net_v6_slaac_masquerade_and_anti_spoofing() {
         exec(&d, "a", &format!("ping -6 -c 1 -W 3 {b6}"))
     });
 
+    // An isolated network with IPv6: the prefix is advertised, a default route is not (so
+    // the guest has no IPv6 route off its own /64).
+    d.ok(&[
+        "network",
+        "create",
+        "iso6",
+        "--type",
+        "isolated",
+        "--subnet",
+        "10.67.0.0/24",
+        "--ipv6",
+        "fd00:67::/64",
+    ]);
+    d.ok(&[
+        "vm",
+        "create",
+        "c",
+        "--image",
+        "tiny",
+        "--network",
+        "iso6",
+        "--memory",
+        "192MiB",
+        "--start",
+        "--wait",
+    ]);
+    let c6 = addr6("c");
+    eventually(
+        &format!("SLAAC address {c6} in c"),
+        Duration::from_secs(60),
+        || {
+            let (ok, out) = exec(&d, "c", "ip -6 -o addr show dev eth0");
+            (
+                ok && out.contains(&format!("{c6}/64")) && !out.contains("tentative"),
+                out,
+            )
+        },
+    );
+    let (_, routes) = exec(&d, "c", "ip -6 route");
+    assert!(
+        !routes.contains("default"),
+        "isolated network advertised a router: {routes}"
+    );
+    let (ok, out) = exec(&d, "c", "ping -6 -c 1 -W 3 fd00:67::1");
+    assert!(ok, "c cannot reach its bridge over IPv6: {out}");
+    let (ok, out) = exec(&d, "c", &format!("ping -6 -c 1 -W 3 {a6}"));
+    assert!(!ok, "isolated VM reached another network over IPv6: {out}");
+
+    // Daemon restart (SIGKILL): the new daemon re-applies addresses, dnsmasq and rules.
+    let mut d = d;
+    d.restart().unwrap();
+    assert!(ip6(&["-6", "addr", "show", "dev", "vb-six"]).contains("fd00:66::1/64"));
+    eventually(
+        "IPv6 after a daemon restart",
+        Duration::from_secs(30),
+        || {
+            exec(
+                &d,
+                "a",
+                &format!("ping -6 -c 1 -W 3 {b6} && ping -6 -c 1 -W 3 {OUTSIDE6}"),
+            )
+        },
+    );
+
     // Removing IPv6 from the network takes it off the bridge and out of the rules.
-    for vm in ["a", "b"] {
+    for vm in ["a", "b", "c"] {
         d.ok(&["vm", "kill", vm]);
         d.ok(&["vm", "delete", vm]);
     }
@@ -312,5 +378,6 @@ fn real_net_v6_slaac_masquerade_and_anti_spoofing() {
         "address left on the bridge"
     );
     d.ok(&["network", "delete", "six"]);
+    d.ok(&["network", "delete", "iso6"]);
     println!("real_net_v6 took {:?}", started.elapsed());
 }
