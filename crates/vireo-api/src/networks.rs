@@ -371,3 +371,37 @@ pub struct NetworkSupport {
     /// Why a back-end is unavailable.
     pub detail: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_update_tells_null_from_absent() {
+        let parse = |s: &str| serde_json::from_str::<UpdateNetworkRequest>(s);
+        assert_eq!(parse("{}").unwrap().ipv6, None);
+        assert_eq!(parse(r#"{"ipv6":null}"#).unwrap().ipv6, Some(None));
+        assert_eq!(
+            parse(r#"{"ipv6":"fd00::/64"}"#).unwrap().ipv6,
+            Some(Some("fd00::/64".into()))
+        );
+        assert!(
+            parse(r#"{"ipv7":null}"#).is_err(),
+            "unknown fields are rejected"
+        );
+        // Round trip: "leave unchanged" is not sent as null.
+        let text = serde_json::to_string(&UpdateNetworkRequest::default()).unwrap();
+        assert!(!text.contains("ipv6"), "{text}");
+        let remove = UpdateNetworkRequest {
+            ipv6: Some(None),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&remove).unwrap();
+        assert_eq!(parse(&text).unwrap().ipv6, Some(None));
+        let c: CreateNetworkRequest = serde_json::from_str(
+            r#"{"name":"n","type":"nat","ipv6":"fd00::/64","ipv6_dhcp":"stateful"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ipv6_dhcp, Some(Ipv6Dhcp::Stateful));
+    }
+}
