@@ -783,7 +783,9 @@ pub struct DesiredBridge {
     pub mtu: Option<Mtu>,
     /// Gateway address and subnet (`None` for bridges without a host address).
     pub address: Option<(Ipv4Addr, Ipv4Cidr)>,
-    /// The bridge's IPv6 address and /64 (`None`: no global IPv6 address on the bridge).
+    /// The bridge's IPv6 address and /64. `None` on a bridge with an IPv4 `address`: no global
+    /// IPv6 address on the bridge (stale ones are removed); `None` on a bridge without any
+    /// address (bridged networks): its IPv6 addresses are left alone.
     pub address6: Option<(Ipv6Addr, Ipv6Cidr)>,
 }
 
@@ -861,7 +863,11 @@ pub fn reconcile_links_keeping(
             host.add_address(b.name.as_str(), addr, subnet)?;
         }
         host.set_up(b.name.as_str(), true)?;
-        host.set_bridge_ipv6(&b.name, b.address6)?;
+        // Only bridges Vireo addresses itself: a bridge over a host uplink (bridged networks)
+        // may carry addresses the host autoconfigured from the outside network.
+        if b.address.is_some() || b.address6.is_some() {
+            host.set_bridge_ipv6(&b.name, b.address6)?;
+        }
     }
     for t in taps {
         if !existing.contains(t.name.as_str()) {
@@ -1059,6 +1065,19 @@ mod tests {
         // A second pass changes nothing structurally.
         let again = reconcile_links(&host, &bridges, &taps).unwrap();
         assert_eq!(again, ReconcileReport::default());
+        // A bridge without addresses (a bridged network's) keeps the IPv6 address the host
+        // autoconfigured on it; an addressed one loses a stale address.
+        let net6: Ipv6Cidr = "2001:db8:1::/64".parse().unwrap();
+        let slaac = Some(("2001:db8:1::5054:ff:fe00:1".parse().unwrap(), net6));
+        let mut bridged = bridges[0].clone();
+        (bridged.address, bridged.address6) = (None, None);
+        host.set_bridge_ipv6(&bridged.name, slaac).unwrap();
+        reconcile_links(&host, &[bridged], &taps).unwrap();
+        assert_eq!(host.state().addresses6["vb-keep"].len(), 1);
+        let mut no_v6 = bridges[0].clone();
+        no_v6.address6 = None;
+        reconcile_links(&host, &[no_v6], &taps).unwrap();
+        assert!(!host.state().addresses6.contains_key("vb-keep"));
     }
 
     #[test]
