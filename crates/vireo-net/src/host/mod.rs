@@ -181,6 +181,10 @@ struct IpRoute6 {
 /// Parses `ip -j -6 route show table all` output (pure). Host routes parse as /128;
 /// unparsable entries are skipped.
 pub fn parse_ip_routes6(json: &str) -> Result<Vec<Route6Info>, serde_json::Error> {
+    // `ip` prints nothing at all where the kernel has no IPv6.
+    if json.trim().is_empty() {
+        return Ok(vec![]);
+    }
     let routes: Vec<IpRoute6> = serde_json::from_str(json)?;
     Ok(routes
         .into_iter()
@@ -995,6 +999,7 @@ mod tests {
         };
         assert_eq!(ra_forwarding_conflicts(&routes, &accept_ra), vec!["eth0"]);
         assert!(ra_forwarding_conflicts(&routes[2..4], &accept_ra).is_empty());
+        assert!(parse_ip_routes6("").unwrap().is_empty());
         let addrs = r#"[{"ifindex":4,"ifname":"vb-x","addr_info":[
             {"family":"inet6","local":"fd00:5::1","prefixlen":64,"scope":"global"},
             {"family":"inet6","local":"fe80::1","prefixlen":64,"scope":"link"}]}]"#;
