@@ -143,10 +143,12 @@ step("networks: a bad CIDR is shown next to its field, then an isolated network 
   assert.equal(await page.getByLabel(/^Subnet/).getAttribute("aria-invalid"), "true");
   await shot("03-network-bad-cidr");
   await page.getByLabel(/^Subnet/).fill("10.77.0.0/24");
+  await page.getByLabel(/^IPv6 \/64/).fill("fd00:77:0:1::/64");
+  await page.getByLabel("IPv6 addresses by").selectOption("stateless");
   await page.getByRole("button", { name: "Create network" }).click();
   const row = page.locator(`[data-network="${NET}"]`);
   await row.waitFor();
-  assert.match(await row.innerText(), /isolated\s+10\.77\.0\.0\/24/);
+  assert.match(await row.innerText(), /isolated\s+10\.77\.0\.0\/24\s+fd00:77:0:1::\/64/);
   await page.locator("#err-net-subnet").waitFor({ state: "detached" });
   await shot("04-networks");
   // Firewall rules are edited through the API (the UI shows them): a rule set by PATCH.
@@ -168,6 +170,7 @@ step("networks: a bad CIDR is shown next to its field, then an isolated network 
   await firewall.waitFor();
   assert.match(await firewall.innerText(), /in\s+accept\s+tcp\s+anywhere\s+22/);
   assert.match(await page.getByText(/^Default in:/).innerText(), /Default in: drop/);
+  assert.match(await page.locator("dt:text-is('IPv6') + dd").innerText(), /fd00:77:0:1::\/64 · gateway fd00:77:0:1::1 · SLAAC/);
   await shot("05-network-page");
 });
 

@@ -26,7 +26,12 @@ const UPLINK_HINT: Record<NetworkType, string | null> = {
   ovs: "Trunk interface (optional)",
 };
 
-const CREATE_FIELDS = ["name", "type", "subnet", "dhcp", "uplink", "description"];
+const CREATE_FIELDS = ["name", "type", "subnet", "dhcp", "ipv6", "ipv6_dhcp", "uplink", "description"];
+
+const IPV6_MODES: { value: Schemas["Ipv6Dhcp"]; label: string }[] = [
+  { value: "stateless", label: "SLAAC (router advertisements)" },
+  { value: "stateful", label: "DHCPv6 (needs DHCP on)" },
+];
 
 /** `project/name` → a link to the VM (other projects shown as text: the UI is per default project). */
 function VmRef({ id }: { id: string }) {
@@ -92,7 +97,10 @@ export function Networks() {
                   {n.default && <span class="badge">default</span>}
                 </td>
                 <td>{n.type}</td>
-                <td class="mono">{n.subnet ?? "—"}</td>
+                <td class="mono">
+                  {n.subnet ?? "—"}
+                  {n.ipv6 && <div>{n.ipv6}</div>}
+                </td>
                 <td class="mono">{n.bridge}</td>
                 <td>{n.dhcp ? "on" : "off"}</td>
                 <td>
@@ -132,6 +140,8 @@ function CreateNetwork({ onCreated }: { onCreated: () => void }) {
   const [subnet, setSubnet] = useState("");
   const [dhcp, setDhcp] = useState<boolean | null>(null);
   const [uplink, setUplink] = useState("");
+  const [ipv6, setIpv6] = useState("");
+  const [ipv6Dhcp, setIpv6Dhcp] = useState<Schemas["Ipv6Dhcp"]>("stateless");
   const [description, setDescription] = useState("");
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
@@ -152,6 +162,7 @@ function CreateNetwork({ onCreated }: { onCreated: () => void }) {
         type,
         subnet: routed && subnet.trim() ? subnet.trim() : null,
         dhcp: dhcpShown,
+        ...(routed && ipv6.trim() ? { ipv6: ipv6.trim(), ipv6_dhcp: ipv6Dhcp } : {}),
         uplink: UPLINK_HINT[type] && uplink.trim() ? uplink.trim() : null,
         ...(description.trim() ? { description: description.trim() } : {}),
       };
@@ -160,6 +171,7 @@ function CreateNetwork({ onCreated }: { onCreated: () => void }) {
       setName("");
       setSubnet("");
       setUplink("");
+      setIpv6("");
       setDescription("");
       setDhcp(null);
       onCreated();
@@ -203,6 +215,33 @@ function CreateNetwork({ onCreated }: { onCreated: () => void }) {
                 {...invalidProps(error, "subnet", "net-subnet")}
               />
               <FieldError error={error} field="subnet" id="net-subnet" />
+            </div>
+          )}
+          {routed && (
+            <div>
+              <label for="net-ipv6">IPv6 /64 (optional)</label>
+              <input
+                id="net-ipv6"
+                class="mono"
+                placeholder="fd00:1:2:3::/64"
+                value={ipv6}
+                onInput={(e) => setIpv6((e.target as HTMLInputElement).value)}
+                {...invalidProps(error, "ipv6", "net-ipv6")}
+              />
+              <FieldError error={error} field="ipv6" id="net-ipv6" />
+            </div>
+          )}
+          {routed && ipv6.trim() && (
+            <div>
+              <label for="net-ipv6-dhcp">IPv6 addresses by</label>
+              <select id="net-ipv6-dhcp" value={ipv6Dhcp} onChange={(e) => setIpv6Dhcp((e.target as HTMLSelectElement).value as Schemas["Ipv6Dhcp"])} {...invalidProps(error, "ipv6_dhcp", "net-ipv6-dhcp")}>
+                {IPV6_MODES.map((m) => (
+                  <option key={m.value} value={m.value}>
+                    {m.label}
+                  </option>
+                ))}
+              </select>
+              <FieldError error={error} field="ipv6_dhcp" id="net-ipv6-dhcp" />
             </div>
           )}
           {UPLINK_HINT[type] && (
@@ -392,6 +431,8 @@ function NetworkFacts({ n }: { n: NetworkInfo }) {
       <dd class="mono">{n.subnet ?? "—"}</dd>
       <dt>Gateway</dt>
       <dd class="mono">{n.gateway ?? "—"}</dd>
+      <dt>IPv6</dt>
+      <dd class="mono">{n.ipv6 ? `${n.ipv6} · gateway ${n.ipv6_gateway ?? "—"} · ${n.ipv6_dhcp === "stateful" ? "DHCPv6" : "SLAAC"}` : "—"}</dd>
       <dt>Bridge</dt>
       <dd class="mono">{n.bridge}</dd>
       <dt>Uplink</dt>
