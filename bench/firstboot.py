@@ -235,10 +235,10 @@ def debian_image(bin_dir):
         builder.close()
 
 
-def first_boot(d, template, name, check):
-    """Seconds from `vm create --template --start` to: started, agent answers, `check` ok."""
+def first_boot(d, source, name, check):
+    """Seconds from `vm create NAME SOURCE… --start` to: started, agent answers, `check` ok."""
     t0 = time.perf_counter()
-    d.cli("vm", "create", name, "--template", template, "--start")
+    d.cli("vm", "create", name, *source, "--start")
     t_started = time.perf_counter() - t0
     t_agent = None
     while True:
@@ -256,14 +256,8 @@ def first_boot(d, template, name, check):
         time.sleep(POLL)
 
 
-def fmt(values):
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.1f} s"
-    return f"{statistics.median(values):.1f} s (median of {len(values)}: " + ", ".join(
-        f"{v:.1f}" for v in values
-    ) + ")"
+def med(values):
+    return f"{statistics.median(values):.1f} s" if values else "-"
 
 
 def main():
@@ -302,21 +296,33 @@ def main():
             if st != 200:
                 raise RuntimeError(f"template {t}: {st} {body}")
 
-        results = {}
-        for template, n, check in (
-            ("debian", runs, lambda name: ["test", "-e", "/var/lib/cloud/instance/boot-finished"]),
-            ("tiny", tiny_runs, lambda name: [
+        ud_file = os.path.join(d.tmp, "user-data")
+        with open(ud_file, "w") as f:
+            f.write(USER_DATA)
+        boot_finished = lambda name: ["test", "-e", "/var/lib/cloud/instance/boot-finished"]
+        variants = [
+            ("debian", ["--template", "debian"], runs, boot_finished),
+            ("tiny", ["--template", "tiny"], tiny_runs, lambda name: [
                 "sh", "-c",
                 "mkdir -p /mnt/seed && mount -t iso9660 -o ro /dev/sr0 /mnt/seed && "
                 f"grep -q '{name}' /mnt/seed/meta-data; r=$?; umount /mnt/seed; exit $r",
             ]),
-        ):
+        ]
+        if os.environ.get("BENCH_DEBIAN_IMAGE"):
+            # For comparison: the VM made from the image (one overlay) instead of a template
+            # (clone overlay over the template's overlay over the image).
+            variants.insert(1, ("debian-image", [
+                "--image", "debian", "--network", "lan", "--vcpus", "2", "--memory", "1GiB",
+                "--user-data", ud_file,
+            ], runs, boot_finished))
+        results = {}
+        for label, source, n, check in variants:
             rows = []
             for i in range(n):
-                name = f"{template}-fb{i + 1}"
-                started, agent, done = first_boot(d, template, name, check(name))
+                name = f"{label}-fb{i + 1}"
+                started, agent, done = first_boot(d, source, name, check(name))
                 extra = ""
-                if template == "debian":
+                if label.startswith("debian"):
                     code, out = d.exec(name, ["cloud-init", "status"])
                     if code != 0 or "done" not in out:
                         raise RuntimeError(f"cloud-init status in {name}: {code} {out!r}")
@@ -328,23 +334,29 @@ def main():
                 )
                 rows.append((started, agent, done))
                 d.delete_vm(name)
-            results[template] = rows
+            results[label] = rows
     finally:
         if d is not None:
             d.close()
         ns.close()
 
     print()
-    print("image   build                         import   create→started  create→agent    create→first boot done")
-    for template, build in (
-        ("debian", f"{build_s:.1f} s {build_kind.split(' ')[0]}" if build_s is not None else "cached"),
-        ("tiny", f"{tiny_build_s:.1f} s (cached inputs)"),
-    ):
-        rows = results[template]
+    builds = {
+        "debian": f"{build_s:.1f} s {build_kind.split(' ')[0]}" if build_s is not None else "not built",
+        "debian-image": "(same image)",
+        "tiny": f"{tiny_build_s:.1f} s",
+    }
+    print(f"{'VM from':<14} {'image build':<14} {'import':<8} {'runs':<5} "
+          f"{'→started':<10} {'→agent':<10} {'→first boot done'}")
+    for label, rows in results.items():
+        source = "image debian" if label == "debian-image" else f"template {label}"
+        imported = f"{import_s:.1f} s" if label == "debian" else "-"
         print(
-            f"{template:<7} {build:<29} {(f'{import_s:.1f} s' if template == 'debian' else '-'):<8} "
-            f"{fmt([r[0] for r in rows]):<15} {fmt([r[1] for r in rows]):<15} {fmt([r[2] for r in rows])}"
+            f"{source:<14} {builds[label]:<14} {imported:<8} {len(rows):<5} "
+            f"{med([r[0] for r in rows]):<10} {med([r[1] for r in rows]):<10} "
+            f"{med([r[2] for r in rows])}"
         )
+    print("(medians; create = `vireo vm create NAME … --start` from before the CLI runs)")
     print("first boot done: debian = /var/lib/cloud/instance/boot-finished visible through the agent;")
     print("                 tiny   = agent answers and the cidata seed was read in the guest")
 
