@@ -842,3 +842,76 @@ async fn bad_ipv6_input_is_rejected_and_changes_nothing() {
     .unwrap();
     assert!(env.host.state().forwarding6);
 }
+
+/// The tap of a VM's first NIC.
+fn first_tap(vm: &vireo_api::vms::VmInfo) -> String {
+    match &vm.spec.nics[0].backend {
+        NicBackend::Tap { ifname } => ifname.clone(),
+        other => panic!("expected a tap backend, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn clones_get_their_own_nic_on_the_sources_network() {
+    let env = setup_net().await;
+    let e = &env.engine;
+    let op = e
+        .create_vm(None, create_req("base", false), "t")
+        .await
+        .unwrap();
+    assert_eq!(wait(e, &op).await.status, OperationStatus::Succeeded);
+    let base = e.get_vm(None, "base").await.unwrap();
+    let base_ip = e.list_nics(None, "base").await.unwrap()[0].ip;
+
+    // `vm clone` of the stopped VM, then two clones of it as a template, started.
+    let req = vireo_api::snapshots::CloneVmRequest {
+        name: name("c1"),
+        mode: vireo_api::snapshots::CloneMode::Linked,
+        snapshot: None,
+        pool: None,
+        start: false,
+    };
+    let op = e.clone_vm(None, "base", req, "t").await.unwrap();
+    assert_eq!(wait(e, &op).await.status, OperationStatus::Succeeded);
+    e.template_vm(None, "base", "t").await.unwrap();
+    let mut req = create_req("w", true);
+    req.image = None;
+    req.template = Some(name("base"));
+    req.vcpus = None;
+    req.memory_mib = None;
+    req.count = Some(2);
+    let op = e.create_vm(None, req, "t").await.unwrap();
+    assert_eq!(wait(e, &op).await.status, OperationStatus::Succeeded);
+
+    let mut seen = vec![(first_tap(&base), base.nics[0].mac, base_ip)];
+    let conf = || std::fs::read_to_string(&env.host.state().dnsmasq["default"]).unwrap();
+    for vm in ["c1", "w1", "w2"] {
+        let info = e.get_vm(None, vm).await.unwrap();
+        let nic = &e.list_nics(None, vm).await.unwrap()[0];
+        let tap = first_tap(&info);
+        assert_eq!(info.nics[0].network, "default", "{vm}");
+        assert_eq!(nic.mac, info.nics[0].mac, "{vm}: record and spec agree");
+        assert!(nic.ip.is_some(), "{vm} has no reserved address");
+        let mine = (tap.clone(), nic.mac, nic.ip);
+        assert!(!seen.contains(&mine), "{vm} shares {mine:?}: {seen:?}");
+        assert!(seen
+            .iter()
+            .all(|s| s.0 != mine.0 && s.1 != mine.1 && s.2 != mine.2));
+        seen.push(mine);
+        let conf = conf();
+        assert!(
+            conf.contains(&format!("dhcp-host={},{},{vm}", nic.mac, nic.ip.unwrap())),
+            "{conf}"
+        );
+        if info.state == VmState::Running {
+            assert_eq!(
+                env.host.state().links[&tap].master.as_deref(),
+                Some("vb-default"),
+                "{vm}'s tap is on the bridge"
+            );
+        }
+    }
+    // Deleting a clone releases its reservation.
+    act(e, "c1", VmAction::Delete).await;
+    until("c1's reservation to go", || !conf().contains(",c1\n")).await;
+}
