@@ -346,13 +346,13 @@ def main():
         "debian-image": "(same image)",
         "tiny": f"{tiny_build_s:.1f} s",
     }
-    print(f"{'VM from':<14} {'image build':<14} {'import':<8} {'runs':<5} "
+    print(f"{'VM from':<16} {'image build':<14} {'import':<8} {'runs':<5} "
           f"{'→started':<10} {'→agent':<10} {'→first boot done'}")
     for label, rows in results.items():
         source = "image debian" if label == "debian-image" else f"template {label}"
         imported = f"{import_s:.1f} s" if label == "debian" else "-"
         print(
-            f"{source:<14} {builds[label]:<14} {imported:<8} {len(rows):<5} "
+            f"{source:<16} {builds[label]:<14} {imported:<8} {len(rows):<5} "
             f"{med([r[0] for r in rows]):<10} {med([r[1] for r in rows]):<10} "
             f"{med([r[2] for r in rows])}"
         )
