@@ -14,8 +14,9 @@
 //! release, size, packages, mirror, generated configuration). The namespaced daemon cannot
 //! reach the archive, so it always gets the image through `vireo image import`.
 //!
-//! A cold build takes five to six minutes and the TCG boot two to three, so the first-boot test
-//! is `#[ignore]`d; docs/testing.md ("Debian first boot end to end") has the command. Bad
+//! Without a current cached image the test first builds one (five to six minutes, and it needs
+//! the Debian archive); the TCG boot itself takes one minute on a quiet machine and four under
+//! load, so the first-boot test is `#[ignore]`d; docs/testing.md ("Debian first boot end to end") has the command. Bad
 //! first-boot input (not YAML, over 1 MiB, Ignition that is not JSON) is checked by a
 //! non-ignored test (a clear 400 and nothing created), and guest information that changes
 //! after the agent first answered by another (tiny guest).
@@ -208,7 +209,7 @@ fn reported_addresses(vm: &serde_json::Value) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "builds (or reuses) the Debian image and boots it under TCG for minutes; see docs/testing.md"]
+#[ignore = "needs the Debian image (5-6 min build and the Debian archive when not cached) and boots it under TCG for 1-4 min; see docs/testing.md"]
 fn real_debian_first_boot_applies_user_data_and_reports_the_address() {
     let image = cached_debian_image();
     let ns = Netns::new();
