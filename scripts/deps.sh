@@ -3,10 +3,11 @@
 # when everything is already there. Used by scripts/run.sh and scripts/test.sh.
 set -euo pipefail
 
-# Debian packages Vireo runs or builds guests from (chromium: the UI's browser tests).
+# Debian packages Vireo runs or builds guests from (chromium: the UI's browser tests;
+# isc-dhcp-client: the real DHCPv6 test's client).
 PKGS=(qemu-system-x86 qemu-utils ovmf busybox-static qemu-guest-agent dnsmasq-base nftables openvswitch-switch
       iproute2 e2fsprogs time procps grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools fdisk
-      genisoimage xorriso chromium debootstrap)
+      genisoimage xorriso chromium debootstrap isc-dhcp-client)
 
 missing=()
 for p in "${PKGS[@]}"; do
