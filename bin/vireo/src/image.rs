@@ -14,12 +14,22 @@ use crate::{image_local, parse_duration, print, progress, GlobalArgs};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
-    /// Build an image on the daemon with a builder (`tiny`: the built-in minimal guest).
+    /// Build an image on the daemon with a builder (`tiny`: the built-in minimal guest;
+    /// `tiny-disk`: the same on a bootable disk; `debian`: a Debian cloud image).
     Build {
         builder: Name,
         /// Name to register the image under [default: the builder's name]
         #[arg(long)]
         name: Option<Name>,
+        /// `debian`: the Debian release to install [default: bookworm]
+        #[arg(long)]
+        release: Option<String>,
+        /// `debian`: virtual disk size, e.g. 4GiB [default: 4GiB]
+        #[arg(long, value_parser = crate::vm::parse_mib, value_name = "SIZE")]
+        size: Option<u64>,
+        /// `debian`: extra Debian packages to install (comma-separated or repeated)
+        #[arg(long, value_delimiter = ',', value_name = "PKG,…")]
+        packages: Vec<String>,
         /// Return at once with the operation instead of waiting for it.
         #[arg(long)]
         no_wait: bool,
@@ -124,6 +134,9 @@ pub async fn run(global: &GlobalArgs, cmd: ImageCmd) -> anyhow::Result<u8> {
         ImageCmd::Build {
             builder,
             name,
+            release,
+            size,
+            packages,
             no_wait,
             wait_timeout,
         } => {
@@ -132,6 +145,9 @@ pub async fn run(global: &GlobalArgs, cmd: ImageCmd) -> anyhow::Result<u8> {
             let request = BuildImageRequest {
                 builder: builder.clone(),
                 name,
+                release,
+                size_mib: size,
+                packages,
             };
             let op = client.build_image(&request).await.with_context(|| {
                 format!("cannot build image {registered} with builder {builder}")

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vireo_engine::{BuiltImage, ImageBuilder};
+use vireo_engine::{refuse_build_params, BuildParamError, BuildParams, BuiltImage, ImageBuilder};
 
 /// The built-in tiny guest: Debian cloud kernel + busybox initramfs + qemu-guest-agent.
 #[derive(Debug)]
@@ -13,8 +13,13 @@ pub struct TinyBuilder {
 }
 
 impl ImageBuilder for TinyBuilder {
+    fn check(&self, params: &BuildParams) -> Result<(), BuildParamError> {
+        refuse_build_params("tiny", params)
+    }
+
     fn build(
         &self,
+        _params: &BuildParams,
         out_dir: &Path,
         progress: &(dyn Fn(&str) + Sync),
     ) -> anyhow::Result<BuiltImage> {
@@ -43,8 +48,13 @@ pub struct TinyDiskBuilder {
 }
 
 impl ImageBuilder for TinyDiskBuilder {
+    fn check(&self, params: &BuildParams) -> Result<(), BuildParamError> {
+        refuse_build_params("tiny-disk", params)
+    }
+
     fn build(
         &self,
+        _params: &BuildParams,
         out_dir: &Path,
         progress: &(dyn Fn(&str) + Sync),
     ) -> anyhow::Result<BuiltImage> {
@@ -60,21 +70,64 @@ impl ImageBuilder for TinyDiskBuilder {
     }
 }
 
-/// A Debian cloud image (`vireo image build debian`): debootstrap of bookworm with the cloud
-/// kernel, cloud-init, qemu-guest-agent and openssh-server on a 4 GiB GPT disk that boots
-/// through SeaBIOS and OVMF (see `vireo_distro`). Downloaded packages stay in `cache_dir`.
+/// A Debian cloud image (`vireo image build debian [--release R] [--size S] [--packages …]`):
+/// debootstrap of the release with the cloud kernel, cloud-init, qemu-guest-agent and
+/// openssh-server (plus the requested packages) on a GPT disk that boots through SeaBIOS and
+/// OVMF (see `vireo_distro`). Downloaded packages stay in `cache_dir`.
 #[derive(Debug)]
 pub struct DebianBuilder {
     pub cache_dir: PathBuf,
 }
 
+/// The Debian spec a request asks for (defaults for what it leaves out); not yet validated.
+fn debian_spec(params: &BuildParams) -> vireo_distro::DebianSpec {
+    let mut spec = vireo_distro::DebianSpec::default();
+    if let Some(release) = &params.release {
+        spec.release = release.clone();
+    }
+    if let Some(mib) = params.size_mib {
+        spec.size_bytes = mib.saturating_mul(1 << 20);
+    }
+    spec.extra_packages = params.packages.clone();
+    spec
+}
+
+/// Checks a Debian spec, naming the API field at fault.
+fn check_debian(params: &BuildParams) -> Result<vireo_distro::ValidSpec, BuildParamError> {
+    use vireo_distro::DistroError;
+    let field = |e: &DistroError| match e {
+        DistroError::Packages(vireo_distro::packages::PackageError::UnsupportedRelease(_)) => {
+            "release"
+        }
+        DistroError::Packages(_) => "packages",
+        DistroError::Disk(_) => "size_mib",
+        _ => "builder",
+    };
+    if params.size_mib.is_some_and(|m| m > u64::MAX >> 20) {
+        return Err(BuildParamError {
+            field: "size_mib",
+            message: "disk size is too large".into(),
+        });
+    }
+    debian_spec(params).validate().map_err(|e| BuildParamError {
+        field: field(&e),
+        message: vireo_engine::error::chain(&e),
+    })
+}
+
 impl ImageBuilder for DebianBuilder {
+    fn check(&self, params: &BuildParams) -> Result<(), BuildParamError> {
+        check_debian(params).map(drop)
+    }
+
     fn build(
         &self,
+        params: &BuildParams,
         out_dir: &Path,
         progress: &(dyn Fn(&str) + Sync),
     ) -> anyhow::Result<BuiltImage> {
         let mut opts = vireo_distro::BuildOptions::new(self.cache_dir.clone(), out_dir);
+        opts.spec = debian_spec(params);
         opts.progress = Some(progress);
         let image = vireo_distro::build_debian(&opts)?;
         Ok(BuiltImage::Disk {
@@ -94,4 +147,51 @@ pub async fn any_kernel(store: &Arc<dyn vireo_store::Store>) -> Option<PathBuf> 
         let p = PathBuf::from(k);
         p.is_file().then_some(p)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(release: Option<&str>, size_mib: Option<u64>, packages: &[&str]) -> BuildParams {
+        BuildParams {
+            release: release.map(String::from),
+            size_mib,
+            packages: packages.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn debian_options_are_checked_field_by_field() {
+        let b = DebianBuilder {
+            cache_dir: PathBuf::from("/nonexistent"),
+        };
+        assert!(b.check(&BuildParams::default()).is_ok());
+        let ok = check_debian(&params(Some("bookworm"), Some(8192), &["vim", "curl"])).unwrap();
+        assert_eq!(ok.size_bytes, 8 << 30);
+        assert!(ok.packages.iter().any(|p| p == "vim"));
+        for (p, field) in [
+            (params(Some("sid; rm -rf /"), None, &[]), "release"),
+            (params(Some("jessie"), None, &[]), "release"),
+            (params(None, Some(1024), &[]), "size_mib"),
+            (params(None, Some(u64::MAX), &[]), "size_mib"),
+            (params(None, None, &["-oops"]), "packages"),
+            (params(None, None, &["vim", "../x"]), "packages"),
+        ] {
+            let e = b.check(&p).unwrap_err();
+            assert_eq!(e.field, field, "{p:?}: {}", e.message);
+            assert!(!e.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn tiny_builders_take_no_options() {
+        let b = TinyBuilder {
+            cache_dir: PathBuf::from("/nonexistent"),
+        };
+        assert!(b.check(&BuildParams::default()).is_ok());
+        let e = b.check(&params(None, Some(4096), &[])).unwrap_err();
+        assert_eq!(e.field, "size_mib");
+        assert_eq!(e.message, "image builder tiny takes no size_mib option");
+    }
 }

@@ -44,6 +44,29 @@ pub struct BuildImageRequest {
     /// Name to register the image under (default: the builder's name).
     #[serde(default)]
     pub name: Option<Name>,
+    /// Builder options; a builder refuses the ones it does not take. `debian`: the Debian
+    /// release (suite) to install, default `bookworm`.
+    #[serde(default)]
+    pub release: Option<String>,
+    /// `debian`: virtual size of the disk in MiB (default 4096; 2048 to 2097152).
+    #[serde(default)]
+    pub size_mib: Option<u64>,
+    /// `debian`: Debian packages installed on top of the base set (at most 64).
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+impl BuildImageRequest {
+    /// A request for `builder` with no name and no options.
+    pub fn new(builder: Name) -> Self {
+        BuildImageRequest {
+            builder,
+            name: None,
+            release: None,
+            size_mib: None,
+            packages: Vec::new(),
+        }
+    }
 }
 
 /// Query of `POST /v1/images/import` (the body is a disk image in any supported format).

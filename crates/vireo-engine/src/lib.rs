@@ -22,5 +22,8 @@ pub mod qemu_hv;
 pub mod records;
 pub mod storage;
 
-pub use engine::{BuiltImage, Engine, EngineConfig, ImageBuilder};
+pub use engine::{
+    refuse_build_params, BuildParamError, BuildParams, BuiltImage, Engine, EngineConfig,
+    ImageBuilder,
+};
 pub use error::{EngineError, Result};

@@ -468,3 +468,25 @@ async fn console_echoes_and_keeps_history() {
         .unwrap();
     assert_eq!(&got[..], b"ls\n");
 }
+
+#[tokio::test]
+async fn build_options_a_builder_does_not_take_are_refused_before_anything_starts() {
+    let env = setup().await;
+    let images_before = env.engine.list_images().await.unwrap().len();
+    let mut req = vireo_api::images::BuildImageRequest::new(name("tiny"));
+    req.name = Some(name("tiny2"));
+    req.packages = vec!["vim".into()];
+    match env.engine.build_image(req, "test").await {
+        Err(EngineError::Invalid { field, message }) => {
+            assert_eq!(field.as_deref(), Some("packages"));
+            assert!(message.contains("takes no packages"), "{message}");
+        }
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    assert_eq!(env.engine.list_images().await.unwrap().len(), images_before);
+    assert!(!env.dir.path().join("images").read_dir().unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("tiny2")));
+}

@@ -88,13 +88,7 @@ async fn setup_net() -> NetEnv {
     let host = fake_host();
     let engine = open_net(dir.path(), hv.clone(), host.clone()).await;
     let op = engine
-        .build_image(
-            BuildImageRequest {
-                builder: name("tiny"),
-                name: None,
-            },
-            "test",
-        )
+        .build_image(BuildImageRequest::new(name("tiny")), "test")
         .await
         .unwrap();
     assert_eq!(wait(&engine, &op).await.status, OperationStatus::Succeeded);
@@ -517,13 +511,7 @@ async fn linux_bridge_vlans_where_the_kernel_has_vlan_filtering() {
     host.edit(|st| st.vlan_filtering = true);
     let e = open_net(dir.path(), hv.clone(), host.clone()).await;
     let op = e
-        .build_image(
-            BuildImageRequest {
-                builder: name("tiny"),
-                name: None,
-            },
-            "test",
-        )
+        .build_image(BuildImageRequest::new(name("tiny")), "test")
         .await
         .unwrap();
     assert_eq!(wait(&e, &op).await.status, OperationStatus::Succeeded);

@@ -55,6 +55,14 @@ impl Engine {
                     ),
                 )
             })?;
+        let params = BuildParams {
+            release: req.release.clone(),
+            size_mib: req.size_mib,
+            packages: req.packages.clone(),
+        };
+        builder
+            .check(&params)
+            .map_err(|e| EngineError::invalid(e.field, e.message))?;
         let name = req.name.clone().unwrap_or_else(|| req.builder.clone());
         if self.inner.db.get_image(name.as_str()).await?.is_some() {
             return Err(EngineError::Conflict(format!(
@@ -87,7 +95,7 @@ impl Engine {
                 let out = dir.clone();
                 let progress_op = op2.clone();
                 let built = tokio::task::spawn_blocking(move || {
-                    builder.build(&out, &move |s: &str| progress_op.stage(s))
+                    builder.build(&params, &out, &move |s: &str| progress_op.stage(s))
                 })
                 .await
                 .map_err(|e| EngineError::internal("running the image builder", e))?

@@ -63,11 +63,65 @@ pub enum BuiltImage {
     },
 }
 
+/// The options of a build request (`vireo image build NAME --release … --size … --packages …`),
+/// as the API received them; each builder checks the ones it takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuildParams {
+    pub release: Option<String>,
+    pub size_mib: Option<u64>,
+    pub packages: Vec<String>,
+}
+
+impl BuildParams {
+    /// The API field names of the options that are set (for builders that take none).
+    pub fn given(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.release.is_some() {
+            v.push("release");
+        }
+        if self.size_mib.is_some() {
+            v.push("size_mib");
+        }
+        if !self.packages.is_empty() {
+            v.push("packages");
+        }
+        v
+    }
+}
+
+/// Why a builder refuses a request's options: the API field and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildParamError {
+    pub field: &'static str,
+    pub message: String,
+}
+
 /// Builds images from packages (`vireo image build NAME`). Runs on a blocking thread.
 pub trait ImageBuilder: Send + Sync + std::fmt::Debug {
-    /// Writes the image's files into `out_dir` (which exists and is empty).
-    fn build(&self, out_dir: &Path, progress: &(dyn Fn(&str) + Sync))
-        -> anyhow::Result<BuiltImage>;
+    /// Checks the options before anything is created, so a bad request changes nothing.
+    fn check(&self, params: &BuildParams) -> std::result::Result<(), BuildParamError>;
+    /// Writes the image's files into `out_dir` (which exists and is empty); `params` passed
+    /// [`ImageBuilder::check`].
+    fn build(
+        &self,
+        params: &BuildParams,
+        out_dir: &Path,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<BuiltImage>;
+}
+
+/// [`ImageBuilder::check`] of builders that take no options.
+pub fn refuse_build_params(
+    builder: &str,
+    params: &BuildParams,
+) -> std::result::Result<(), BuildParamError> {
+    match params.given().first() {
+        None => Ok(()),
+        Some(field) => Err(BuildParamError {
+            field,
+            message: format!("image builder {builder} takes no {field} option"),
+        }),
+    }
 }
 
 /// Default VM sizing.

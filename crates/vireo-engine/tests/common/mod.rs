@@ -11,14 +11,26 @@ use vireo_api::images::BuildImageRequest;
 use vireo_api::operations::{Operation, OperationStatus};
 use vireo_api::vms::CreateVmRequest;
 use vireo_engine::fake_hv::FakeHypervisor;
-use vireo_engine::{BuiltImage, Engine, EngineConfig, ImageBuilder};
+use vireo_engine::{
+    refuse_build_params, BuildParamError, BuildParams, BuiltImage, Engine, EngineConfig,
+    ImageBuilder,
+};
 use vireo_types::Name;
 
 #[derive(Debug)]
 pub struct FakeBuilder;
 
 impl ImageBuilder for FakeBuilder {
-    fn build(&self, out: &Path, progress: &(dyn Fn(&str) + Sync)) -> anyhow::Result<BuiltImage> {
+    fn check(&self, params: &BuildParams) -> Result<(), BuildParamError> {
+        refuse_build_params("tiny", params)
+    }
+
+    fn build(
+        &self,
+        _params: &BuildParams,
+        out: &Path,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> anyhow::Result<BuiltImage> {
         progress("writing fake kernel");
         std::fs::write(out.join("vmlinuz"), b"kernel")?;
         std::fs::write(out.join("initrd.img"), b"initrd")?;
@@ -77,13 +89,7 @@ pub async fn setup() -> Env {
     let hv = FakeHypervisor::new();
     let engine = open(dir.path(), hv.clone()).await;
     let op = engine
-        .build_image(
-            BuildImageRequest {
-                builder: name("tiny"),
-                name: None,
-            },
-            "test",
-        )
+        .build_image(BuildImageRequest::new(name("tiny")), "test")
         .await
         .unwrap();
     let op = wait(&engine, &op).await;
