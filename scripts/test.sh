@@ -25,6 +25,11 @@ cargo build --workspace --bins --quiet
 export VIREO_TEST_CACHE=${VIREO_TEST_CACHE:-/var/cache/vireo-test}
 mkdir -p "$VIREO_TEST_CACHE"
 
+echo "== tiny guest: Debian packages into the cache (daemons under test run in network namespaces without a route to the mirror)"
+tiny_out=$(mktemp -d)
+cargo run -q -p vireo-tinyimage --example build_tiny -- "$VIREO_TEST_CACHE/tiny" "$tiny_out" >/dev/null
+rm -rf "$tiny_out"
+
 echo "== tests"
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --no-fail-fast --profile ci
