@@ -532,3 +532,143 @@ fn bad_first_boot_input_is_refused_with_a_clear_400_and_creates_nothing() {
     assert_eq!(vms, serde_json::json!([]), "a refused request created a VM");
     assert_eq!(vm_dirs(&d), before, "a refused request left files behind");
 }
+
+/// Image directories under the daemon's state.
+fn image_dirs(d: &TestDaemon) -> Vec<String> {
+    std::fs::read_dir(d.state_dir().join("images"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn bad_build_options_are_refused_with_a_clear_400_and_start_nothing() {
+    let d = TestDaemon::start().unwrap();
+    let images_before = image_dirs(&d);
+    // (request, field the error names, what its message says)
+    let cases: Vec<(serde_json::Value, &str, &str)> = vec![
+        (
+            serde_json::json!({"builder": "debian", "release": "jessie"}),
+            "release",
+            "not supported",
+        ),
+        (
+            serde_json::json!({"builder": "debian", "release": "../../etc"}),
+            "release",
+            "not supported",
+        ),
+        (
+            serde_json::json!({"builder": "debian", "size_mib": 1024}),
+            "size_mib",
+            "multiple of 1 MiB between",
+        ),
+        (
+            serde_json::json!({"builder": "debian", "packages": ["vim", "-oDebug=1"]}),
+            "packages",
+            "not a Debian package name",
+        ),
+        (
+            serde_json::json!({"builder": "tiny", "packages": ["vim"]}),
+            "packages",
+            "takes no packages",
+        ),
+    ];
+    for (body, field, needle) in cases {
+        let (status, reply) = d.http_json("POST", "/v1/images/build", Some(&body.to_string()));
+        assert_eq!(status, 400, "{body} → {reply}");
+        assert_eq!(reply["error"]["field"], field, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(needle),
+            "{body} → {message:?} lacks {needle:?}"
+        );
+    }
+    // Unknown fields are refused too.
+    let (status, _) = d.http_json(
+        "POST",
+        "/v1/images/build",
+        Some(r#"{"builder": "debian", "mirror": "http://example.invalid/"}"#),
+    );
+    assert_eq!(status, 400);
+
+    // The CLI: one clear line, non-zero exit.
+    let out = d.cli(&["image", "build", "debian", "--size", "1GiB"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {err}");
+    assert!(
+        err.contains("size_mib") || err.contains("disk size"),
+        "{err}"
+    );
+
+    let (_, ops) = d.http_json("GET", "/v1/operations", None);
+    assert!(
+        ops.as_array()
+            .is_none_or(|v| v.iter().all(|o| o["kind"] != "image.build")),
+        "a refused build started an operation: {ops}"
+    );
+    assert_eq!(
+        image_dirs(&d),
+        images_before,
+        "a refused build left files behind"
+    );
+}
+
+#[test]
+#[ignore = "builds a Debian image through vireod (5-6 min and the Debian archive); see docs/testing.md"]
+fn real_debian_build_with_options_makes_the_disk_and_packages_asked_for() {
+    let d = TestDaemon::start().unwrap();
+    let started = Instant::now();
+    d.ok(&[
+        "image",
+        "build",
+        "debian",
+        "--name",
+        "debian-opts",
+        "--size",
+        "3GiB",
+        "--packages",
+        "curl,jq",
+    ]);
+    eprintln!(
+        "vireo image build debian --size 3GiB --packages curl,jq: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let image = d.json(&["image", "show", "debian-opts"]);
+    assert_eq!(
+        image["content"]["virtual_size_bytes"],
+        3u64 << 30,
+        "{image}"
+    );
+    assert_eq!(image["source"], "build:debian", "{image}");
+    let built = find_built(&d.state_dir(), "bookworm");
+    let desc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(built.join("debian-bookworm.json")).unwrap())
+            .unwrap();
+    let installed: Vec<&str> = desc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["package"].as_str())
+        .collect();
+    for p in [
+        "curl",
+        "jq",
+        "cloud-init",
+        "qemu-guest-agent",
+        "openssh-server",
+    ] {
+        assert!(installed.contains(&p), "{p} not installed: {installed:?}");
+    }
+    let info = run(&[
+        "qemu-img",
+        "info",
+        "--output",
+        "json",
+        built.join("debian-bookworm.qcow2").to_str().unwrap(),
+    ]);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["virtual-size"], 3u64 << 30, "{info}");
+}
