@@ -447,7 +447,12 @@ fn clones_of_a_disk_image_template_get_their_own_cloud_init() {
 
 /// Everything a refused request could have created.
 fn vm_dirs(d: &TestDaemon) -> Vec<String> {
-    std::fs::read_dir(d.state_dir().join("vms"))
+    state_subdirs(d, "vms")
+}
+
+/// Names of the entries of `state/<dir>` (empty when it does not exist).
+fn state_subdirs(d: &TestDaemon, dir: &str) -> Vec<String> {
+    std::fs::read_dir(d.state_dir().join(dir))
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -533,21 +538,10 @@ fn bad_first_boot_input_is_refused_with_a_clear_400_and_creates_nothing() {
     assert_eq!(vm_dirs(&d), before, "a refused request left files behind");
 }
 
-/// Image directories under the daemon's state.
-fn image_dirs(d: &TestDaemon) -> Vec<String> {
-    std::fs::read_dir(d.state_dir().join("images"))
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn bad_build_options_are_refused_with_a_clear_400_and_start_nothing() {
     let d = TestDaemon::start().unwrap();
-    let images_before = image_dirs(&d);
+    let images_before = state_subdirs(&d, "images");
     // (request, field the error names, what its message says)
     let cases: Vec<(serde_json::Value, &str, &str)> = vec![
         (
@@ -610,7 +604,7 @@ fn bad_build_options_are_refused_with_a_clear_400_and_start_nothing() {
         "a refused build started an operation: {ops}"
     );
     assert_eq!(
-        image_dirs(&d),
+        state_subdirs(&d, "images"),
         images_before,
         "a refused build left files behind"
     );
