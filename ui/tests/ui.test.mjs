@@ -383,6 +383,17 @@ step("operations, images and storage pages", async () => {
   await shot("20-operations");
   await page.getByRole("link", { name: "Images" }).click();
   await page.getByRole("cell", { name: "tiny", exact: true }).waitFor();
+  // The Debian builder's options: the API refuses a disk under 2 GiB; the message shows next
+  // to its field.
+  const build = page.getByRole("form", { name: "Build an image" });
+  await build.getByLabel("Builder").selectOption("debian");
+  await build.getByLabel("Disk size (GiB)").fill("1");
+  await build.getByLabel("Extra packages").fill("curl, jq");
+  await build.getByRole("button", { name: "Build image" }).click();
+  const sizeErr = page.locator("#err-build-size");
+  await sizeErr.waitFor();
+  assert.match(await sizeErr.innerText(), /between/);
+  assert.equal(await build.getByLabel("Disk size (GiB)").getAttribute("aria-invalid"), "true");
   await shot("21-images");
   await page.getByRole("link", { name: "Storage" }).click();
   await page.getByRole("heading", { name: "Storage pools" }).waitFor();

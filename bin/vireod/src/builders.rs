@@ -109,9 +109,20 @@ fn check_debian(params: &BuildParams) -> Result<vireo_distro::ValidSpec, BuildPa
             message: "disk size is too large".into(),
         });
     }
-    debian_spec(params).validate().map_err(|e| BuildParamError {
-        field: field(&e),
-        message: vireo_engine::error::chain(&e),
+    debian_spec(params).validate().map_err(|e| {
+        let message = match (&e, params.size_mib) {
+            // Sizes arrive in whole MiB, so only the range can be wrong: say it in MiB.
+            (DistroError::Disk(_), Some(mib)) => format!(
+                "disk size {mib} MiB is not between {} MiB (2 GiB) and {} MiB (2 TiB)",
+                vireo_distro::disk::MIN_DISK_BYTES >> 20,
+                vireo_distro::disk::MAX_DISK_BYTES >> 20
+            ),
+            _ => vireo_engine::error::chain(&e),
+        };
+        BuildParamError {
+            field: field(&e),
+            message,
+        }
     })
 }
 
@@ -182,6 +193,10 @@ mod tests {
             assert_eq!(e.field, field, "{p:?}: {}", e.message);
             assert!(!e.message.is_empty());
         }
+        assert_eq!(
+            b.check(&params(None, Some(1024), &[])).unwrap_err().message,
+            "disk size 1024 MiB is not between 2048 MiB (2 GiB) and 2097152 MiB (2 TiB)"
+        );
     }
 
     #[test]

@@ -557,7 +557,7 @@ fn bad_build_options_are_refused_with_a_clear_400_and_start_nothing() {
         (
             serde_json::json!({"builder": "debian", "size_mib": 1024}),
             "size_mib",
-            "multiple of 1 MiB between",
+            "1024 MiB is not between 2048 MiB",
         ),
         (
             serde_json::json!({"builder": "debian", "packages": ["vim", "-oDebug=1"]}),

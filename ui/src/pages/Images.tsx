@@ -1,13 +1,21 @@
 import { useState } from "preact/hooks";
-import { api, call, formatBytes, waitOperation } from "../api/client";
+import { api, call, formatBytes, waitOperation, type Schemas } from "../api/client";
 import { useEventRefresh } from "../events";
-import { Confirm, ErrorText, useData } from "../ui";
+import { Confirm, ErrorText, FieldError, invalidProps, isFieldError, localFieldError, useData } from "../ui";
+
+type BuildBody = Schemas["BuildImageRequest"];
+/** Build options whose errors show next to their field. */
+const BUILD_FIELDS = ["release", "size_mib", "packages"];
 
 export function Images() {
   const images = useData(() => call(api.GET("/v1/images")), []);
   useEventRefresh("image", images.reload);
   const [builder, setBuilder] = useState("tiny");
   const [name, setName] = useState("");
+  // Debian builder options (the API refuses them for the other builders).
+  const [release, setRelease] = useState("bookworm");
+  const [sizeGib, setSizeGib] = useState("4");
+  const [packages, setPackages] = useState("");
   const [busy, setBusy] = useState<string | null>(null);
   const [error, setError] = useState<unknown>(null);
   const [del, setDel] = useState<string | null>(null);
@@ -34,7 +42,18 @@ export function Images() {
         onSubmit={(e) => {
           e.preventDefault();
           void run("build", async () => {
-            await waitOperation(await call(api.POST("/v1/images/build", { body: { builder, name: name.trim() || null } })), 1800);
+            const body: BuildBody = { builder, name: name.trim() || null };
+            if (builder === "debian") {
+              const gib = Number(sizeGib);
+              if (sizeGib.trim() === "" || !Number.isFinite(gib)) throw localFieldError("size_mib", "the disk size must be a number of GiB");
+              body.release = release;
+              body.size_mib = Math.round(gib * 1024);
+              body.packages = packages
+                .split(/[\s,]+/)
+                .map((p) => p.trim())
+                .filter((p) => p !== "");
+            }
+            await waitOperation(await call(api.POST("/v1/images/build", { body })), 1800);
           });
         }}
       >
@@ -43,8 +62,38 @@ export function Images() {
           <select value={builder} onChange={(e) => setBuilder((e.target as HTMLSelectElement).value)}>
             <option value="tiny">tiny (kernel + initramfs)</option>
             <option value="tiny-disk">tiny-disk (GPT disk, GRUB)</option>
+            <option value="debian">debian (Debian cloud image, debootstrap; minutes)</option>
           </select>
         </label>
+        {builder === "debian" && (
+          <>
+            <label>
+              Release
+              <select value={release} onChange={(e) => setRelease((e.target as HTMLSelectElement).value)} {...invalidProps(error, "release", "build-release")}>
+                <option value="bookworm">bookworm (Debian 12)</option>
+              </select>
+            </label>
+            <label>
+              Disk size (GiB)
+              <input
+                inputMode="decimal"
+                size={5}
+                value={sizeGib}
+                onInput={(e) => setSizeGib((e.target as HTMLInputElement).value)}
+                {...invalidProps(error, "size_mib", "build-size")}
+              />
+            </label>
+            <label>
+              Extra packages
+              <input
+                placeholder="e.g. curl, vim"
+                value={packages}
+                onInput={(e) => setPackages((e.target as HTMLInputElement).value)}
+                {...invalidProps(error, "packages", "build-packages")}
+              />
+            </label>
+          </>
+        )}
         <label>
           Name (optional) <input value={name} onInput={(e) => setName((e.target as HTMLInputElement).value)} />
         </label>
@@ -52,7 +101,10 @@ export function Images() {
           {busy === "build" ? "Building…" : "Build image"}
         </button>
       </form>
-      <ErrorText error={error ?? images.error} />
+      <FieldError error={error} field="release" id="build-release" />
+      <FieldError error={error} field="size_mib" id="build-size" />
+      <FieldError error={error} field="packages" id="build-packages" />
+      <ErrorText error={isFieldError(error, BUILD_FIELDS) ? images.error : (error ?? images.error)} />
       <table>
         <thead>
           <tr>
