@@ -91,15 +91,23 @@ async fn full_lifecycle() {
         .unwrap();
     assert_eq!(out.exit_code, 0);
     assert_eq!(out.stdout_base64, "aGkK");
+    for _ in 0..200 {
+        if e.get_vm(None, "web1").await.unwrap().guest.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(e.get_vm(None, "web1").await.unwrap().guest.is_some());
 
     assert_eq!(
         act(e, "web1", VmAction::Stop).await.status,
         OperationStatus::Succeeded
     );
-    assert_eq!(
-        e.get_vm(None, "web1").await.unwrap().state,
-        VmState::Stopped
-    );
+    let stopped = e.get_vm(None, "web1").await.unwrap();
+    assert_eq!(stopped.state, VmState::Stopped);
+    // A stopped VM reports no guest facts and no guest addresses.
+    assert!(stopped.guest.is_none(), "{:?}", stopped.guest);
+    assert!(stopped.nics.iter().all(|n| n.addresses.is_empty()));
     // Invalid in the current state: conflict, nothing changes.
     let err = e
         .vm_action(None, "web1", VmAction::Pause, StopRequest::default(), "t")

@@ -56,7 +56,9 @@ impl Engine {
                 boot_index: d.boot_index,
             })
             .collect();
-        let facts = v.facts.as_ref();
+        // Guest facts describe a live guest: a VM without a QEMU process reports none (the
+        // actor keeps the last ones, which the next boot's agent replaces).
+        let facts = v.facts.as_ref().filter(|_| r.state.has_process());
         let nics = r
             .spec
             .nics
