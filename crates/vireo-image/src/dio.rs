@@ -30,6 +30,10 @@ pub(crate) struct DataWriter {
     /// Bytes below this offset are already allocated by `fallocate` (or it is unsupported).
     reserved_to: u64,
     fallocate_supported: bool,
+    /// Reservations ahead of the writes stop here (the size of a fixed-size file).
+    reserve_limit: u64,
+    /// Reserving ahead ran out of space once: from then on only exact ranges are reserved.
+    ahead_failed: bool,
 }
 
 /// How far ahead of the writes [`DataWriter::reserve`] allocates space at once.
@@ -43,6 +47,56 @@ impl DataWriter {
             direct: None,
             reserved_to: 0,
             fallocate_supported: true,
+            reserve_limit: u64::MAX,
+            ahead_failed: false,
+        }
+    }
+
+    /// Keeps reservations ahead of the writes below `limit` (a file whose size is fixed must
+    /// not grow by them).
+    pub(crate) fn set_reserve_limit(&mut self, limit: u64) {
+        self.reserve_limit = limit;
+    }
+
+    /// Bytes below this offset have been reserved ahead of the writes.
+    pub(crate) fn reserved_to(&self) -> u64 {
+        self.reserved_to
+    }
+
+    /// Frees the blocks of `[start, end)` (`FALLOC_FL_PUNCH_HOLE`, size kept). `Ok(false)`
+    /// when the filesystem cannot punch holes.
+    pub(crate) fn punch_hole(&self, start: u64, end: u64) -> Result<bool, ImageError> {
+        let Some(f) = &self.direct else {
+            return Ok(false);
+        };
+        if end <= start {
+            return Ok(true);
+        }
+        let (Ok(off), Ok(len)) = (
+            libc::off_t::try_from(start),
+            libc::off_t::try_from(end - start),
+        ) else {
+            return Ok(false);
+        };
+        // SAFETY: fallocate on a valid, owned descriptor has no memory-safety preconditions.
+        let r = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                len,
+            )
+        };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(false),
+            _ => Err(ImageError::io(
+                format!("punching a hole in {} at {start}", self.path.display()),
+                e,
+            )),
         }
     }
 
@@ -74,14 +128,19 @@ impl DataWriter {
         if !self.fallocate_supported || (ahead && end <= self.reserved_to) {
             return Ok(());
         }
+        let ahead = ahead && !self.ahead_failed;
         let (start, stop) = if ahead {
             (
                 self.reserved_to.max(offset),
-                end.max(self.reserved_to + RESERVE_STEP),
+                end.max(self.reserved_to + RESERVE_STEP)
+                    .min(self.reserve_limit.max(end)),
             )
         } else {
             (offset, end)
         };
+        if stop <= start {
+            return Ok(());
+        }
         let Some(f) = &self.direct else { return Ok(()) };
         let (Ok(off), Ok(len)) = (
             libc::off_t::try_from(start),
@@ -95,6 +154,12 @@ impl DataWriter {
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => self.fallocate_supported = false,
+                // Space for the step ahead is missing, perhaps not for the data: reserve exactly
+                // what is written from now on.
+                Some(libc::ENOSPC) if ahead => {
+                    self.ahead_failed = true;
+                    return self.reserve(offset, end, false);
+                }
                 _ => {
                     return Err(ImageError::io(
                         format!("allocating space in {} at {start}", self.path.display()),

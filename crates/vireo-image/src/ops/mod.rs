@@ -256,7 +256,7 @@ pub(crate) fn new_sink(
             }
             let mut sink = RawSink::create(file, size)?;
             if spec.direct_io {
-                sink.enable_direct_io();
+                sink.enable_direct_io()?;
             }
             Ok(Box::new(sink))
         }
