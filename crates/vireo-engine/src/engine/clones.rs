@@ -18,19 +18,18 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use uuid::Uuid;
-use vireo_api::networks::AddNicRequest;
 use vireo_api::operations::Operation;
 use vireo_api::snapshots::{CloneMode, CloneVmRequest};
 use vireo_api::storage::{VolumeKind, VolumeRef};
 use vireo_api::vms::{CreateVmRequest, VmInfo, MAX_CREATE_COUNT};
-use vireo_types::{BootSource, MacAddr, Name, NicBackend, VmAction, VmState};
+use vireo_types::{BootSource, MacAddr, Name, VmAction, VmState};
 
+use super::clone_nics::apply_clone_nics;
 use super::storage::bytes_progress;
 use super::*;
 use crate::actor::{ActionOpts, VmHandle};
 use crate::error::{chain, EngineError, Result};
 use crate::net::model::NicAttachment;
-use crate::net::nics_key;
 use crate::ops::{Cleanup, OpHandle};
 use crate::records::{self, DiskVolume, VmRecord, VolumeRecord};
 
@@ -77,82 +76,6 @@ pub(crate) fn derive_record(src: &VmRecord, name: &Name, uuid: Uuid, dir: PathBu
         current_snapshot: None,
         placement: src.placement.clone(),
         cloud_init,
-    }
-}
-
-/// Puts a clone's planned managed-network attachments into its NICs (MAC and tap, matched by
-/// NIC name). Runs before the seed is rendered: its network-config names the MACs.
-fn apply_clone_nics(rec: &mut VmRecord, nics: &[NicAttachment]) {
-    for nic in &mut rec.spec.nics {
-        if let Some(a) = nics.iter().find(|a| a.nic == nic.name) {
-            nic.mac = a.mac;
-            nic.backend = NicBackend::Tap {
-                ifname: a.tap.clone(),
-            };
-        }
-    }
-}
-
-impl Engine {
-    /// Managed-network NICs for `count` clones of `src`: per clone, one attachment per managed
-    /// NIC of the source, on the same network with its VLAN, MTU, link state and firewall, and
-    /// its own MAC, tap and address. Planned together, so the clones' MACs and addresses differ
-    /// from each other's and from every NIC on the host. Without these a clone reused the
-    /// source's tap name and had no reservation: its tap was on no bridge (no DHCP, no
-    /// network) and two running clones collided.
-    async fn plan_clone_nics(
-        &self,
-        src: &VmRecord,
-        count: usize,
-    ) -> Result<Vec<Vec<NicAttachment>>> {
-        let none = || vec![Vec::new(); count];
-        let Some(net) = self.inner.net.get() else {
-            return Ok(none());
-        };
-        let Some(src_nics) = net.vm_nics(src.uuid).await? else {
-            return Ok(none());
-        };
-        let mut planned: Vec<NicAttachment> = Vec::new();
-        let mut out = Vec::with_capacity(count);
-        for _ in 0..count {
-            let mut mine = Vec::with_capacity(src_nics.nics.len());
-            for a in &src_nics.nics {
-                let req = AddNicRequest {
-                    network: a.network.clone(),
-                    name: None,
-                    mac: None,
-                    vlan: a.vlan,
-                    mtu: a.mtu,
-                    link_up: Some(a.link_up),
-                    ip: None,
-                    firewall: Some(a.firewall.clone()),
-                };
-                let n = self.plan_nic(a.nic.clone(), &req, &planned).await?;
-                planned.push(n.clone());
-                mine.push(n);
-            }
-            out.push(mine);
-        }
-        Ok(out)
-    }
-
-    /// Stores a clone's planned attachments (its reservations and DNS names); the operation's
-    /// journal removes them again should it fail.
-    async fn save_clone_nics(
-        &self,
-        op: &OpHandle,
-        rec: &VmRecord,
-        nics: Vec<NicAttachment>,
-    ) -> Result<()> {
-        if nics.is_empty() {
-            return Ok(());
-        }
-        op.journal(Cleanup::DeleteKey {
-            key: nics_key(rec.uuid),
-        })
-        .await;
-        self.save_vm_nics(rec.uuid, rec.project.as_str(), &rec.name, nics)
-            .await
     }
 }
 

@@ -2,6 +2,7 @@
 //! input gets a 4xx and changes nothing), then runs the work as an operation.
 
 mod attach;
+mod clone_nics;
 mod clones;
 mod cloudinit;
 mod export;
