@@ -2,6 +2,8 @@
 //! hypervisor and an on-disk SQLite store, helpers to wait for operations.
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
