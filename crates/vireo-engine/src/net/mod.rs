@@ -10,6 +10,7 @@
 //! - a tap exists exactly while its VM's QEMU runs (created before launch, removed when the
 //!   machine exits) — [`hv::NetHypervisor`] ties that to the machine's lifecycle.
 
+mod desired;
 pub mod hv;
 pub mod model;
 
