@@ -101,8 +101,12 @@ async fn vm_nic_gets_tap_reservation_and_rules_while_running() {
     assert_eq!(nics[0].ip, Some("10.0.1.2".parse().unwrap()));
 
     act(e, "web1", VmAction::Stop).await;
-    until("tap removal", || !env.host.state().links.contains_key(&tap)).await;
-    assert!(!nft(&env.host.state()).contains(&tap));
+    // The reconcile after the stop removes the tap, then re-applies the ruleset without it.
+    until("tap and its rules removal", || {
+        let st = env.host.state();
+        !st.links.contains_key(&tap) && !nft(&st).contains(&tap)
+    })
+    .await;
 
     // In use: the network cannot go; after the VM is deleted it can, and the reservation
     // went with the VM.
