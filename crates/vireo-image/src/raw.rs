@@ -434,6 +434,70 @@ mod tests {
         );
     }
 
+    /// On a filesystem with room for the data but not for a reservation step ahead, the
+    /// reservations fall back to exact ones and the conversion completes (needs root to mount
+    /// a small tmpfs; skipped with the reason otherwise).
+    #[test]
+    fn reserving_ahead_falls_back_when_the_step_does_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("small");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(&mnt)
+            .output();
+        match mounted {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                return;
+            }
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(mnt.clone());
+        let path = mnt.join("out.raw");
+        const MIB: u64 = 1 << 20;
+        // 256 MiB virtual, 12 MiB of data in 3 MiB runs 32 MiB apart on a 16 MiB filesystem: a
+        // 64 MiB step ahead does not fit, each run does.
+        let mut sink = RawSink::create(&path, 256 * MIB).unwrap();
+        sink.enable_direct_io().unwrap();
+        let mut buf = crate::dio::AlignedBuf::new((3 * MIB) as usize);
+        buf.as_mut_slice().fill(0x5a);
+        for i in 0..4u64 {
+            let off = i * 32 * MIB;
+            match sink.place(off, 3 * MIB).unwrap() {
+                Some(p) => {
+                    use std::os::unix::fs::FileExt;
+                    p.file.write_all_at(buf.as_slice(), p.offset).unwrap();
+                }
+                None => sink.write_at(buf.as_slice(), off).unwrap(),
+            }
+        }
+        Box::new(sink).finish().unwrap();
+        let f = File::open(&path).unwrap();
+        use std::os::unix::fs::FileExt;
+        for i in 0..4u64 {
+            let mut got = vec![0u8; (3 * MIB) as usize];
+            f.read_exact_at(&mut got, i * 32 * MIB).unwrap();
+            assert!(got.iter().all(|b| *b == 0x5a), "run {i}");
+            let mut gap = vec![1u8; 4096];
+            f.read_exact_at(&mut gap, i * 32 * MIB + 3 * MIB).unwrap();
+            assert!(is_zero(&gap), "gap after run {i}");
+        }
+    }
+
     #[test]
     fn sparse_round_trip() {
         let dir = tempfile::tempdir().unwrap();
