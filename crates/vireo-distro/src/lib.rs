@@ -651,6 +651,24 @@ mod tests {
     }
 
     #[test]
+    fn emptying_a_directory_keeps_it_and_removes_everything_inside() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("var/cache/apt");
+        std::fs::create_dir_all(cache.join("archives/partial")).unwrap();
+        std::fs::write(cache.join("archives/x.deb"), b"x").unwrap();
+        std::fs::write(cache.join("pkgcache.bin"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc", cache.join("link")).unwrap();
+        empty_dir(&cache).unwrap();
+        assert!(cache.is_dir());
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
+        assert!(
+            Path::new("/etc").is_dir(),
+            "a link is removed, not followed"
+        );
+        empty_dir(&d.path().join("missing")).unwrap();
+    }
+
+    #[test]
     fn work_dir_is_removed_on_drop() {
         let out = tempfile::tempdir().unwrap();
         let path = {

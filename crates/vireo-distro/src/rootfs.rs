@@ -160,6 +160,17 @@ pub(crate) fn remove_dir_if_present(path: &Path) -> Result<(), DistroError> {
 
 /// Removes every non-directory below `dir`, keeping the directory tree.
 pub(crate) fn remove_files_below(dir: &Path) -> Result<(), DistroError> {
+    clear_dir(dir, true)
+}
+
+/// Removes everything inside `dir` but keeps `dir` (with its mode and owner).
+pub(crate) fn empty_dir(dir: &Path) -> Result<(), DistroError> {
+    clear_dir(dir, false)
+}
+
+/// Removes the non-directories inside `dir` (a missing `dir` is empty); subdirectories are
+/// cleared the same way when `keep_subdirs`, else removed whole.
+fn clear_dir(dir: &Path, keep_subdirs: bool) -> Result<(), DistroError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -169,29 +180,13 @@ pub(crate) fn remove_files_below(dir: &Path) -> Result<(), DistroError> {
         let entry = entry.map_err(io_err(dir))?;
         let path = entry.path();
         // file_type does not follow symlinks: a link to a directory is removed, not entered.
-        if entry.file_type().map_err(io_err(&path))?.is_dir() {
-            remove_files_below(&path)?;
-        } else {
-            remove_if_present(&path)?;
-        }
-    }
-    Ok(())
-}
-
-/// Removes everything inside `dir` but keeps `dir` (with its mode and owner).
-pub(crate) fn empty_dir(dir: &Path) -> Result<(), DistroError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(dir)(e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(io_err(dir))?;
-        let path = entry.path();
-        if entry.file_type().map_err(io_err(&path))?.is_dir() {
-            remove_dir_if_present(&path)?;
-        } else {
-            remove_if_present(&path)?;
+        match (
+            entry.file_type().map_err(io_err(&path))?.is_dir(),
+            keep_subdirs,
+        ) {
+            (true, true) => clear_dir(&path, true)?,
+            (true, false) => remove_dir_if_present(&path)?,
+            (false, _) => remove_if_present(&path)?,
         }
     }
     Ok(())
