@@ -160,7 +160,9 @@ async fn startup_failure_reports_the_log_tail() {
     assert!(log.starts_with("old run output\n"));
 }
 
-#[tokio::test]
+// Multi-threaded: the QMP reader task must keep draining the monitor while this test blocks
+// in `wait_until` (once, on a loaded machine, `quit` afterwards got no answer in 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uefi_disk_boot_with_two_disks_and_two_nics_runs() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunPaths::new(dir.path());
