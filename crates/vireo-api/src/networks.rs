@@ -372,6 +372,46 @@ pub struct NetworkSupport {
     pub detail: Vec<String>,
 }
 
+impl CreateNetworkRequest {
+    /// A request for network `name` of `kind` with every option at its default (subnet
+    /// chosen by the daemon, DHCP on, no IPv6, no rules).
+    pub fn new(name: Name, kind: NetworkType) -> Self {
+        CreateNetworkRequest {
+            name,
+            kind,
+            subnet: None,
+            gateway: None,
+            dhcp: None,
+            ipv6: None,
+            ipv6_gateway: None,
+            ipv6_dhcp: None,
+            uplink: None,
+            mtu: None,
+            domain: None,
+            reservations: vec![],
+            firewall: Firewall::default(),
+            port_forwards: vec![],
+            description: String::new(),
+        }
+    }
+}
+
+impl AddNicRequest {
+    /// A NIC on `network` with every option at its default (generated MAC, next name).
+    pub fn on(network: Name) -> Self {
+        AddNicRequest {
+            network,
+            name: None,
+            mac: None,
+            vlan: None,
+            mtu: None,
+            link_up: None,
+            ip: None,
+            firewall: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::Utc;
 use uuid::Uuid;
 use vireo_api::networks::{
-    CreateNetworkRequest, Firewall, Ipv6Dhcp, Lease, NetworkInfo, NetworkType, UpdateNetworkRequest,
+    CreateNetworkRequest, Ipv6Dhcp, Lease, NetworkInfo, NetworkType, UpdateNetworkRequest,
 };
 use vireo_net::{Ipv4Cidr, Ipv6Cidr};
 use vireo_types::{MacAddr, Name};
@@ -82,24 +82,12 @@ impl Engine {
                 .await?
                 .is_none()
         {
-            let req = CreateNetworkRequest {
-                name: Name::new(DEFAULT_NETWORK)
+            let mut req = CreateNetworkRequest::new(
+                Name::new(DEFAULT_NETWORK)
                     .map_err(|e| EngineError::internal("default network name", e))?,
-                kind: NetworkType::Nat,
-                subnet: None,
-                gateway: None,
-                dhcp: None,
-                ipv6: None,
-                ipv6_gateway: None,
-                ipv6_dhcp: None,
-                uplink: None,
-                mtu: None,
-                domain: None,
-                reservations: vec![],
-                firewall: Firewall::default(),
-                port_forwards: vec![],
-                description: "Created by Vireo on first start".into(),
-            };
+                NetworkType::Nat,
+            );
+            req.description = "Created by Vireo on first start".into();
             match self.create_network_inner(req, "system", true).await {
                 Ok(info) => tracing::info!(subnet = ?info.subnet, "created the default network"),
                 Err(EngineError::Conflict(_)) => {}

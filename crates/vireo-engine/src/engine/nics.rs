@@ -551,16 +551,7 @@ impl Engine {
                 ),
             ));
         }
-        let req = AddNicRequest {
-            network: network.clone(),
-            name: None,
-            mac: None,
-            vlan: None,
-            mtu: None,
-            link_up: None,
-            ip: None,
-            firewall: None,
-        };
+        let req = AddNicRequest::on(network.clone());
         let a = self
             .plan_nic(nic, &req, planned)
             .await

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vireo_api::images::BuildImageRequest;
-use vireo_api::networks::{AddNicRequest, CreateNetworkRequest, Firewall, NetworkType};
+use vireo_api::networks::{AddNicRequest, CreateNetworkRequest, NetworkType};
 use vireo_api::operations::OperationStatus;
 use vireo_api::vms::StopRequest;
 use vireo_engine::fake_hv::FakeHypervisor;
@@ -100,36 +100,13 @@ pub async fn setup_net() -> NetEnv {
 }
 
 pub fn net_req(n: &str, kind: NetworkType, subnet: Option<&str>) -> CreateNetworkRequest {
-    CreateNetworkRequest {
-        name: name(n),
-        kind,
-        subnet: subnet.map(str::to_owned),
-        gateway: None,
-        dhcp: None,
-        ipv6: None,
-        ipv6_gateway: None,
-        ipv6_dhcp: None,
-        uplink: None,
-        mtu: None,
-        domain: None,
-        reservations: vec![],
-        firewall: Firewall::default(),
-        port_forwards: vec![],
-        description: String::new(),
-    }
+    let mut req = CreateNetworkRequest::new(name(n), kind);
+    req.subnet = subnet.map(str::to_owned);
+    req
 }
 
 pub fn nic_req(network: &str) -> AddNicRequest {
-    AddNicRequest {
-        network: name(network),
-        name: None,
-        mac: None,
-        vlan: None,
-        mtu: None,
-        link_up: None,
-        ip: None,
-        firewall: None,
-    }
+    AddNicRequest::on(name(network))
 }
 
 pub fn nft(st: &FakeState) -> String {
